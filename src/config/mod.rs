@@ -1,0 +1,165 @@
+//! Configuration: one YAML file (seed-compatible) resolved into typed, validated settings.
+//!
+//! Loading is two steps: [`raw`] gives the file's shape (serde, with the key path of any
+//! type error), [`validate`] turns it into a [`Config`] and reports every problem with the
+//! file, the key path and the reason. Nothing downstream ever sees an unvalidated value.
+
+mod error;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+pub use error::{ConfigError, ConfigErrors};
+
+/// Settings of the proxy itself (the `router:` section), with their defaults.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterOptions {
+    /// Where clients connect. Default `0.0.0.0:8947`; `--listen` overrides it.
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy service. Default: the number of CPU cores.
+    pub threads: usize,
+    /// TCP connect timeout per attempt. Default 2 s: a healthy local engine accepts in
+    /// microseconds, so a longer wait only delays the failover.
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the engine's response header after the request was sent. It must
+    /// cover queueing + prefill, and the whole generation of a non-streaming request.
+    /// Default 600 s (the Python router's 10 s killed long generations).
+    #[serde(with = "secs")]
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two body chunks of a response. Default 600 s. There is no
+    /// limit on a streaming response's total length.
+    #[serde(with = "secs")]
+    pub read_idle_timeout: Duration,
+    /// How long an idle upstream connection stays pooled. Default 4 s, below uvicorn's
+    /// 5 s keep-alive, so we never reuse a connection the engine is about to close.
+    #[serde(with = "secs")]
+    pub pool_idle_timeout: Duration,
+    /// Largest accepted request body. Default 32 MiB.
+    pub max_body_bytes: u64,
+    /// Instances tried per request before giving up (connect failures only). Default:
+    /// every instance of the model.
+    pub max_attempts: Option<usize>,
+    /// `Retry-After` seconds sent with a 503. Default 1.
+    pub retry_after_s: u64,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8947)),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(600),
+            read_idle_timeout: Duration::from_secs(600),
+            pool_idle_timeout: Duration::from_secs(4),
+            max_body_bytes: 32 * 1024 * 1024,
+            max_attempts: None,
+            retry_after_s: 1,
+        }
+    }
+}
+
+/// What a model serves: decides which endpoints make sense for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Llm,
+    Embedding,
+    Rerank,
+}
+
+/// GPUs given to an instance (`CUDA_VISIBLE_DEVICES`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CudaDevices(pub Vec<u32>);
+
+/// One upstream server of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceConfig {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_device: Option<CudaDevices>,
+}
+
+impl InstanceConfig {
+    /// `http://host:port`, the base URL of the instance.
+    pub fn url(&self) -> String {
+        if self.host.contains(':') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One model as clients name it, with the instances that serve it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    /// The name clients use (the key under `LLM_engines` / `embedding_models`).
+    pub name: String,
+    pub kind: ModelKind,
+    /// The name the engine serves; the router rewrites the request's `model` to it.
+    pub served_name: String,
+    /// `model_tag` of an LLM (what vLLM loads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_tag: Option<String>,
+    pub instances: Vec<InstanceConfig>,
+    /// Further engine flags from `model_config` (open map, kept in file order).
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub engine_flags: IndexMap<String, serde_yaml::Value>,
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    #[serde(skip)]
+    pub source: PathBuf,
+    pub router: RouterOptions,
+    pub models: Vec<ModelConfig>,
+    /// Problems worth a warning but not a refusal (unknown keys).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates `path`. Every error names the file, the key path and the reason.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one(ConfigError::new(path, "", format!("cannot read file: {e}")))
+        })?;
+        Self::from_yaml_str(&text, path)
+    }
+
+    /// Parses YAML text; `path` is only used in messages.
+    pub fn from_yaml_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let raw = validate::parse(text, path)?;
+        validate::resolve(raw, path)
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// Durations are written and shown as (fractional) seconds.
+mod secs {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests;

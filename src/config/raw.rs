@@ -1,0 +1,120 @@
+//! The YAML file as written by users: the seed format of the Python "LLM Router Server"
+//! (`LLM_engines`, `embedding_server`) plus our own `router:` section.
+//!
+//! These types only describe the *shape* of the file. Checks that need more than one
+//! value at a time (duplicate ids, clashing ports, ranges) live in [`super::validate`], so
+//! that serde's errors stay about types and missing keys and ours about meaning.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// The whole file. Unknown top-level keys are collected (and warned about) rather than
+/// rejected: a config shared with other tools may carry sections we do not read.
+#[derive(Debug, Deserialize)]
+pub struct RawFile {
+    #[serde(rename = "LLM_engines", default)]
+    pub llm_engines: IndexMap<String, RawLlmModel>,
+    #[serde(default)]
+    pub embedding_server: Option<RawEmbeddingServer>,
+    #[serde(default)]
+    pub router: RawRouter,
+    #[serde(flatten)]
+    pub unknown: IndexMap<String, Value>,
+}
+
+/// One entry of `LLM_engines`.
+#[derive(Debug, Deserialize)]
+pub struct RawLlmModel {
+    pub instances: Vec<RawInstance>,
+    pub model_config: RawModelConfig,
+    /// The name the engine serves, when it differs from `model_tag`
+    /// (e.g. vLLM started with `--served-model-name`).
+    #[serde(default)]
+    pub served_model_name: Option<String>,
+    #[serde(flatten)]
+    pub unknown: IndexMap<String, Value>,
+}
+
+/// `model_config`: `model_tag` plus an open map of engine flags (any vLLM flag).
+#[derive(Debug, Deserialize)]
+pub struct RawModelConfig {
+    pub model_tag: String,
+    #[serde(flatten)]
+    pub flags: IndexMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawInstance {
+    pub id: String,
+    pub host: String,
+    /// Signed and wide so that `-1` or `70000` reach our range check with a clear
+    /// message instead of serde's "expected u16".
+    pub port: i64,
+    #[serde(default)]
+    pub cuda_device: Option<RawCudaDevice>,
+    #[serde(flatten)]
+    pub unknown: IndexMap<String, Value>,
+}
+
+/// `cuda_device: 0`, `cuda_device: [0, 1]` or `cuda_device: "0,1"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawCudaDevice {
+    One(u32),
+    Many(Vec<u32>),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawEmbeddingServer {
+    #[serde(default = "default_embed_host")]
+    pub host: String,
+    pub port: i64,
+    #[serde(default)]
+    pub cuda_device: Option<RawCudaDevice>,
+    #[serde(default)]
+    pub embedding_models: IndexMap<String, RawEmbedModel>,
+    #[serde(default)]
+    pub reranking_models: IndexMap<String, RawEmbedModel>,
+    #[serde(flatten)]
+    pub unknown: IndexMap<String, Value>,
+}
+
+fn default_embed_host() -> String {
+    "127.0.0.1".to_string()
+}
+
+/// An embedding or reranking model of the seed format. Only parsed and listed for now;
+/// the co-hosted ONNX service that serves them reads the remaining keys.
+#[derive(Debug, Deserialize)]
+pub struct RawEmbedModel {
+    #[serde(default)]
+    pub model_name: Option<String>,
+    pub model_path: String,
+    #[serde(default)]
+    pub tokenizer_path: Option<String>,
+    #[serde(default)]
+    pub max_length: Option<u32>,
+    #[serde(default)]
+    pub use_gpu: bool,
+    #[serde(default)]
+    pub use_float16: bool,
+    #[serde(flatten)]
+    pub extra: IndexMap<String, Value>,
+}
+
+/// Our own section. Typos here are errors (unknown keys rejected): every key is ours.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouter {
+    pub listen: Option<String>,
+    pub threads: Option<usize>,
+    pub connect_timeout_s: Option<f64>,
+    pub first_byte_timeout_s: Option<f64>,
+    pub read_idle_timeout_s: Option<f64>,
+    pub pool_idle_timeout_s: Option<f64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_attempts: Option<usize>,
+    pub retry_after_s: Option<u64>,
+}

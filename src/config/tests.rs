@@ -1,0 +1,181 @@
+use std::path::Path;
+
+use super::*;
+
+fn load(yaml: &str) -> Result<Config, ConfigErrors> {
+    Config::from_yaml_str(yaml, Path::new("test.yaml"))
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    load(yaml)
+        .expect_err("config should be rejected")
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+const ONE: &str = r#"
+LLM_engines:
+  m:
+    instances:
+      - {id: a, host: localhost, port: 8001}
+    model_config: {model_tag: org/m}
+"#;
+
+#[test]
+fn seed_fixture_loads_unchanged() {
+    let c = Config::load(Path::new("tests/fixtures/seed-config.yaml")).unwrap();
+    let q = c.model("Qwen3-0.6B").unwrap();
+    assert_eq!(q.kind, ModelKind::Llm);
+    assert_eq!(q.served_name, "Qwen/Qwen3-0.6B");
+    assert_eq!(q.instances.len(), 2);
+    assert_eq!(q.instances[1].id, "qwen3-2");
+    assert_eq!(q.instances[1].port, 8004);
+    assert_eq!(q.instances[0].cuda_device, Some(CudaDevices(vec![0])));
+    assert_eq!(q.engine_flags["max_model_len"], serde_yaml::Value::from(500));
+    assert!(!q.engine_flags.contains_key("model_tag"));
+    assert_eq!(c.model("bge-m3").unwrap().kind, ModelKind::Embedding);
+    assert_eq!(c.model("m3e-base").unwrap().instances[0].port, 8005);
+    assert_eq!(c.model("bge-reranker-large").unwrap().kind, ModelKind::Rerank);
+    assert_eq!(c.models.len(), 4);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // Defaults of our own section.
+    assert_eq!(c.router.listen.to_string(), "0.0.0.0:8947");
+    assert_eq!(c.router.max_body_bytes, 32 * 1024 * 1024);
+}
+
+#[test]
+fn extra_flags_fixture_keeps_every_flag_in_order() {
+    let c = Config::load(Path::new("tests/fixtures/seed-config-extra-flags.yaml")).unwrap();
+    let m = c.model("Qwen2.5-14B-Instruct").unwrap();
+    let keys: Vec<&str> = m.engine_flags.keys().map(|s| s.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "dtype",
+            "max_model_len",
+            "gpu_memory_utilization",
+            "tensor_parallel_size",
+            "max_num_seqs",
+            "quantization",
+            "enable_auto_tool_choice",
+            "tool-call-parser"
+        ]
+    );
+    assert_eq!(m.engine_flags["enable_auto_tool_choice"], serde_yaml::Value::from(true));
+}
+
+#[test]
+fn router_section_overrides_defaults() {
+    let c = load(&format!(
+        "{ONE}router:\n  listen: 127.0.0.1:9000\n  connect_timeout_s: 0.5\n  max_body_bytes: 1000\n"
+    ))
+    .unwrap();
+    assert_eq!(c.router.listen.port(), 9000);
+    assert_eq!(c.router.connect_timeout, std::time::Duration::from_millis(500));
+    assert_eq!(c.router.max_body_bytes, 1000);
+}
+
+#[test]
+fn served_model_name_overrides_tag() {
+    let c = load(&ONE.replace("model_config:", "served_model_name: tiny\n    model_config:")).unwrap();
+    assert_eq!(c.models[0].served_name, "tiny");
+    assert_eq!(c.models[0].model_tag.as_deref(), Some("org/m"));
+}
+
+#[test]
+fn yaml_syntax_error_has_line_and_column() {
+    let e = errors("LLM_engines:\n  m: {a: [1, 2}\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("test.yaml: "), "{}", e[0]);
+    assert!(e[0].contains("line"), "{}", e[0]);
+    assert!(e[0].contains("column"), "{}", e[0]);
+}
+
+#[test]
+fn missing_instances_names_the_model() {
+    let e = errors("LLM_engines:\n  m:\n    model_config: {model_tag: x}\n");
+    assert!(e[0].contains("LLM_engines.m"), "{}", e[0]);
+    assert!(e[0].contains("missing field `instances`"), "{}", e[0]);
+}
+
+#[test]
+fn missing_model_tag_names_the_key() {
+    let e = errors("LLM_engines:\n  m:\n    instances: [{id: a, host: h, port: 1}]\n    model_config: {dtype: x}\n");
+    assert!(e[0].contains("LLM_engines.m.model_config"), "{}", e[0]);
+    assert!(e[0].contains("model_tag"), "{}", e[0]);
+}
+
+#[test]
+fn wrong_type_names_the_key_path() {
+    let e = errors(&ONE.replace("port: 8001", "port: eighty"));
+    assert!(e[0].contains("LLM_engines.m.instances[0].port"), "{}", e[0]);
+    assert!(e[0].contains("invalid type"), "{}", e[0]);
+}
+
+#[test]
+fn port_out_of_range() {
+    for bad in ["70000", "0", "-1"] {
+        let e = errors(&ONE.replace("8001", bad));
+        assert!(e[0].contains("LLM_engines.m.instances[0].port"), "{}", e[0]);
+        assert!(e[0].contains("out of range 1-65535"), "{}", e[0]);
+    }
+}
+
+#[test]
+fn duplicate_ids_and_addresses_are_reported_together() {
+    let e = errors(
+        r#"
+LLM_engines:
+  a:
+    instances:
+      - {id: x, host: localhost, port: 8001}
+    model_config: {model_tag: a}
+  b:
+    instances:
+      - {id: x, host: 127.0.0.1, port: 8001}
+    model_config: {model_tag: b}
+"#,
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().any(|m| m.contains("duplicate instance id `x`")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("two instances cannot share a host:port")), "{e:?}");
+}
+
+#[test]
+fn empty_file_and_empty_model_list_are_errors() {
+    assert!(errors("")[0].contains("file is empty"));
+    assert!(errors("LLM_engines: {}\n")[0].contains("no models configured"));
+}
+
+#[test]
+fn unknown_top_level_key_is_a_warning() {
+    let c = load(&format!("{ONE}extra_section: 1\n")).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert!(c.warnings[0].contains("extra_section"));
+}
+
+#[test]
+fn unknown_router_key_is_an_error() {
+    let e = errors(&format!("{ONE}router:\n  lisen: 1.2.3.4:5\n"));
+    assert!(e[0].contains("router"), "{}", e[0]);
+    assert!(e[0].contains("lisen"), "{}", e[0]);
+}
+
+#[test]
+fn bad_listen_and_timeouts() {
+    let e = errors(&format!("{ONE}router:\n  listen: nowhere\n  connect_timeout_s: -1\n"));
+    assert!(e.iter().any(|m| m.contains("router.listen")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("router.connect_timeout_s")), "{e:?}");
+}
+
+#[test]
+fn cuda_device_forms() {
+    let c = load(&ONE.replace("port: 8001}", "port: 8001, cuda_device: \"0,1\"}")).unwrap();
+    assert_eq!(c.models[0].instances[0].cuda_device, Some(CudaDevices(vec![0, 1])));
+    let c = load(&ONE.replace("port: 8001}", "port: 8001, cuda_device: [2, 3]}")).unwrap();
+    assert_eq!(c.models[0].instances[0].cuda_device, Some(CudaDevices(vec![2, 3])));
+    let e = errors(&ONE.replace("port: 8001}", "port: 8001, cuda_device: \"gpu\"}"));
+    assert!(e[0].contains("cuda_device"), "{}", e[0]);
+}

@@ -1,0 +1,315 @@
+//! From the file's shape ([`RawFile`]) to a checked [`Config`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw::{RawCudaDevice, RawEmbeddingServer, RawFile, RawRouter};
+use super::{
+    ConfigError, ConfigErrors, Config, CudaDevices, InstanceConfig, ModelConfig, ModelKind,
+    RouterOptions,
+};
+
+/// YAML text to [`RawFile`]; syntax and type errors carry the key path and line/column.
+pub(super) fn parse(text: &str, file: &Path) -> Result<RawFile, ConfigErrors> {
+    if text.trim().is_empty() {
+        return Err(ConfigErrors::one(ConfigError::new(
+            file,
+            "",
+            "file is empty (expected `LLM_engines` and/or `embedding_server`)",
+        )));
+    }
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." { String::new() } else { path };
+        // serde_yaml already prefixes some messages with the path: say it once.
+        let msg = e.inner().to_string();
+        let msg = msg
+            .strip_prefix(&format!("{key}: "))
+            .map(str::to_string)
+            .unwrap_or(msg);
+        ConfigErrors::one(ConfigError::new(file, key, msg))
+    })
+}
+
+/// Collects every problem instead of stopping at the first.
+struct Checker<'a> {
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError::new(self.file, key, reason));
+    }
+
+    fn port(&mut self, key: String, port: i64) -> u16 {
+        match u16::try_from(port) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                self.err(key, format!("port {port} is out of range 1-65535"));
+                0
+            }
+        }
+    }
+
+    fn cuda(&mut self, key: String, dev: Option<RawCudaDevice>) -> Option<CudaDevices> {
+        match dev? {
+            RawCudaDevice::One(n) => Some(CudaDevices(vec![n])),
+            RawCudaDevice::Many(v) if v.is_empty() => {
+                self.err(key, "empty list of CUDA devices");
+                None
+            }
+            RawCudaDevice::Many(v) => Some(CudaDevices(v)),
+            RawCudaDevice::Text(s) => {
+                let parsed: Result<Vec<u32>, _> =
+                    s.split(',').map(|p| p.trim().parse::<u32>()).collect();
+                match parsed {
+                    Ok(v) if !v.is_empty() => Some(CudaDevices(v)),
+                    _ => {
+                        self.err(
+                            key,
+                            format!("`{s}` is not a device number or a comma-separated list of them"),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn secs(&mut self, key: &str, v: Option<f64>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
+            Some(s) => {
+                self.err(format!("router.{key}"), format!("{s} is not a positive number of seconds"));
+                default
+            }
+        }
+    }
+}
+
+pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        file,
+        errors: Vec::new(),
+    };
+    let mut warnings = Vec::new();
+    for key in raw.unknown.keys() {
+        warnings.push(format!(
+            "{}: {key}: unknown top-level key, ignored (known: LLM_engines, embedding_server, router)",
+            file.display()
+        ));
+    }
+
+    let router = resolve_router(&mut c, raw.router);
+    let mut models = Vec::new();
+
+    for (name, m) in raw.llm_engines {
+        let base = format!("LLM_engines.{name}");
+        for key in m.unknown.keys() {
+            warnings.push(format!("{}: {base}.{key}: unknown key, ignored", file.display()));
+        }
+        if m.instances.is_empty() {
+            c.err(format!("{base}.instances"), "a model needs at least one instance");
+        }
+        if m.model_config.model_tag.trim().is_empty() {
+            c.err(format!("{base}.model_config.model_tag"), "must not be empty");
+        }
+        let mut instances = Vec::new();
+        for (i, inst) in m.instances.into_iter().enumerate() {
+            let key = format!("{base}.instances[{i}]");
+            for k in inst.unknown.keys() {
+                warnings.push(format!("{}: {key}.{k}: unknown key, ignored", file.display()));
+            }
+            if inst.id.trim().is_empty() {
+                c.err(format!("{key}.id"), "must not be empty");
+            }
+            if inst.host.trim().is_empty() {
+                c.err(format!("{key}.host"), "must not be empty");
+            }
+            let port = c.port(format!("{key}.port"), inst.port);
+            let cuda_device = c.cuda(format!("{key}.cuda_device"), inst.cuda_device);
+            instances.push(InstanceConfig {
+                id: inst.id,
+                host: inst.host,
+                port,
+                cuda_device,
+            });
+        }
+        let tag = m.model_config.model_tag;
+        models.push(ModelConfig {
+            served_name: m.served_model_name.unwrap_or_else(|| tag.clone()),
+            name,
+            kind: ModelKind::Llm,
+            model_tag: Some(tag),
+            instances,
+            engine_flags: m.model_config.flags,
+        });
+    }
+
+    if let Some(es) = raw.embedding_server {
+        resolve_embedding(&mut c, es, &mut models, &mut warnings);
+    }
+
+    if models.is_empty() {
+        c.err(
+            "",
+            "no models configured (expected `LLM_engines` and/or `embedding_server`)",
+        );
+    }
+    check_unique(&mut c, &models);
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            source: file.to_path_buf(),
+            router,
+            models,
+            warnings,
+        })
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
+    let d = RouterOptions::default();
+    let listen = match r.listen {
+        None => d.listen,
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                c.err("router.listen", format!("`{s}` is not an ADDRESS:PORT such as 0.0.0.0:8947"));
+                d.listen
+            }
+        },
+    };
+    if r.threads == Some(0) {
+        c.err("router.threads", "must be at least 1");
+    }
+    if r.max_attempts == Some(0) {
+        c.err("router.max_attempts", "must be at least 1");
+    }
+    if r.max_body_bytes == Some(0) {
+        c.err("router.max_body_bytes", "must be at least 1");
+    }
+    RouterOptions {
+        listen,
+        threads: r.threads.unwrap_or(d.threads).max(1),
+        connect_timeout: c.secs("connect_timeout_s", r.connect_timeout_s, d.connect_timeout),
+        first_byte_timeout: c.secs("first_byte_timeout_s", r.first_byte_timeout_s, d.first_byte_timeout),
+        read_idle_timeout: c.secs("read_idle_timeout_s", r.read_idle_timeout_s, d.read_idle_timeout),
+        pool_idle_timeout: c.secs("pool_idle_timeout_s", r.pool_idle_timeout_s, d.pool_idle_timeout),
+        max_body_bytes: r.max_body_bytes.unwrap_or(d.max_body_bytes),
+        max_attempts: r.max_attempts,
+        retry_after_s: r.retry_after_s.unwrap_or(d.retry_after_s),
+    }
+}
+
+/// The seed's `embedding_server` is one HTTP service serving every embedding and
+/// reranking model; each model becomes a single-instance model pointing at it.
+fn resolve_embedding(
+    c: &mut Checker<'_>,
+    es: RawEmbeddingServer,
+    models: &mut Vec<ModelConfig>,
+    warnings: &mut Vec<String>,
+) {
+    for key in es.unknown.keys() {
+        warnings.push(format!(
+            "{}: embedding_server.{key}: unknown key, ignored",
+            c.file.display()
+        ));
+    }
+    let port = c.port("embedding_server.port".into(), es.port);
+    let cuda_device = c.cuda("embedding_server.cuda_device".into(), es.cuda_device);
+    let groups = [
+        ("embedding_models", ModelKind::Embedding, es.embedding_models),
+        ("reranking_models", ModelKind::Rerank, es.reranking_models),
+    ];
+    for (section, kind, map) in groups {
+        for (name, m) in map {
+            if m.model_path.trim().is_empty() {
+                c.err(
+                    format!("embedding_server.{section}.{name}.model_path"),
+                    "must not be empty",
+                );
+            }
+            models.push(ModelConfig {
+                served_name: name.clone(),
+                instances: vec![InstanceConfig {
+                    id: format!("embed:{name}"),
+                    host: es.host.clone(),
+                    port,
+                    cuda_device: cuda_device.clone(),
+                }],
+                name,
+                kind,
+                model_tag: m.model_name,
+                engine_flags: Default::default(),
+            });
+        }
+    }
+}
+
+/// Model names, instance ids and listen addresses must each be unique.
+fn check_unique(c: &mut Checker<'_>, models: &[ModelConfig]) {
+    let mut names: HashMap<&str, ()> = HashMap::new();
+    let mut ids: HashMap<&str, &str> = HashMap::new();
+    let mut addrs: HashMap<(String, u16), &str> = HashMap::new();
+    for m in models {
+        if names.insert(&m.name, ()).is_some() {
+            c.err(
+                m.name.clone(),
+                "model name used twice (LLM_engines and embedding_server must not share names)",
+            );
+        }
+        // Embedding models legitimately share the one embedding server.
+        if m.kind != ModelKind::Llm {
+            continue;
+        }
+        for inst in &m.instances {
+            let key = format!("LLM_engines.{}.instances[id={}]", m.name, inst.id);
+            if let Some(other) = ids.insert(&inst.id, &m.name) {
+                c.err(
+                    key.clone(),
+                    format!("duplicate instance id `{}` (also used by model `{other}`)", inst.id),
+                );
+            }
+            if inst.port == 0 {
+                continue;
+            }
+            let addr = (normalize_host(&inst.host), inst.port);
+            if let Some(other) = addrs.insert(addr, &inst.id) {
+                c.err(
+                    key,
+                    format!(
+                        "{}:{} is already used by instance `{other}`; two instances cannot share a host:port",
+                        inst.host, inst.port
+                    ),
+                );
+            }
+        }
+    }
+    // The embedding server must not sit on an LLM instance's port either.
+    if let Some(e) = models.iter().find(|m| m.kind != ModelKind::Llm) {
+        let inst = &e.instances[0];
+        if let Some(other) = addrs.get(&(normalize_host(&inst.host), inst.port)) {
+            c.err(
+                "embedding_server.port",
+                format!("{}:{} is already used by instance `{other}`", inst.host, inst.port),
+            );
+        }
+    }
+}
+
+/// `localhost`, `127.0.0.1` and `::1` name the same machine for clash detection.
+fn normalize_host(h: &str) -> String {
+    let h = h.trim().to_ascii_lowercase();
+    match h.as_str() {
+        "localhost" | "127.0.0.1" | "::1" | "[::1]" => "loopback".to_string(),
+        _ => h,
+    }
+}

@@ -1,0 +1,3 @@
+//! llm-router: one OpenAI-compatible endpoint in front of every model on a GPU host.
+
+pub mod config;
