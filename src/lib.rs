@@ -1,3 +1,11 @@
 //! llm-router: one OpenAI-compatible endpoint in front of every model on a GPU host.
+//!
+//! Layout follows the architecture: [`config`] (YAML → validated settings), [`balance`]
+//! (instances and the choice among them), [`proxy`] (the Pingora `ProxyHttp` service),
+//! [`telemetry`] (logs), [`cli`] (command line and server start-up).
 
+pub mod balance;
+pub mod cli;
 pub mod config;
+pub mod proxy;
+pub mod telemetry;

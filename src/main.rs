@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    std::process::exit(llm_router::cli::main());
+}

@@ -26,20 +26,20 @@ pub struct RouterOptions {
     pub threads: usize,
     /// TCP connect timeout per attempt. Default 2 s: a healthy local engine accepts in
     /// microseconds, so a longer wait only delays the failover.
-    #[serde(with = "secs")]
+    #[serde(with = "secs", rename = "connect_timeout_s")]
     pub connect_timeout: Duration,
     /// Longest wait for the engine's response header after the request was sent. It must
     /// cover queueing + prefill, and the whole generation of a non-streaming request.
     /// Default 600 s (the Python router's 10 s killed long generations).
-    #[serde(with = "secs")]
+    #[serde(with = "secs", rename = "first_byte_timeout_s")]
     pub first_byte_timeout: Duration,
     /// Longest silence between two body chunks of a response. Default 600 s. There is no
     /// limit on a streaming response's total length.
-    #[serde(with = "secs")]
+    #[serde(with = "secs", rename = "read_idle_timeout_s")]
     pub read_idle_timeout: Duration,
     /// How long an idle upstream connection stays pooled. Default 4 s, below uvicorn's
     /// 5 s keep-alive, so we never reuse a connection the engine is about to close.
-    #[serde(with = "secs")]
+    #[serde(with = "secs", rename = "pool_idle_timeout_s")]
     pub pool_idle_timeout: Duration,
     /// Largest accepted request body. Default 32 MiB.
     pub max_body_bytes: u64,
@@ -117,6 +117,24 @@ pub struct ModelConfig {
     /// Further engine flags from `model_config` (open map, kept in file order).
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub engine_flags: IndexMap<String, serde_yaml::Value>,
+    /// Files and options of an embedding/rerank model (served by the embedding server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embed: Option<EmbedModelSettings>,
+}
+
+/// Seed keys of an `embedding_server` model, kept for the co-hosted ONNX service.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedModelSettings {
+    pub model_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u32>,
+    pub use_gpu: bool,
+    pub use_float16: bool,
+    /// Further keys (e.g. `pooling`, `normalize`), read by the embedding service.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub extra: IndexMap<String, serde_yaml::Value>,
 }
 
 /// A loaded, validated configuration.

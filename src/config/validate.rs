@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::raw::{RawCudaDevice, RawEmbeddingServer, RawFile, RawRouter};
 use super::{
-    ConfigError, ConfigErrors, Config, CudaDevices, InstanceConfig, ModelConfig, ModelKind,
+    Config, ConfigError, ConfigErrors, CudaDevices, EmbedModelSettings, InstanceConfig, ModelConfig, ModelKind,
     RouterOptions,
 };
 
@@ -148,6 +148,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
             model_tag: Some(tag),
             instances,
             engine_flags: m.model_config.flags,
+            embed: None,
         });
     }
 
@@ -249,6 +250,14 @@ fn resolve_embedding(
                 kind,
                 model_tag: m.model_name,
                 engine_flags: Default::default(),
+                embed: Some(EmbedModelSettings {
+                    model_path: m.model_path,
+                    tokenizer_path: m.tokenizer_path,
+                    max_length: m.max_length,
+                    use_gpu: m.use_gpu,
+                    use_float16: m.use_float16,
+                    extra: m.extra,
+                }),
             });
         }
     }

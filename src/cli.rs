@@ -1,0 +1,127 @@
+//! Command line: `llm-router --config FILE [--listen ADDR]`, `llm-router check --config FILE`.
+//!
+//! Pingora's own options (`-d` daemon, `-u` upgrade, `-t` test, `-c` server conf) are
+//! flattened in, so the usual Pingora operations keep working.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::proxy::Router;
+
+/// Exit code for a bad config file or bad arguments.
+pub const EXIT_CONFIG: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "llm-router", version, about = "One OpenAI-compatible endpoint in front of every model on a GPU host")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The router's YAML config (models, instances, `router:` settings).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen address, overriding `router.listen` (default 0.0.0.0:8947).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub pingora: Opt,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config and print it resolved (models, instances, defaults).
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Loads a config, printing every problem; `None` means exit with [`EXIT_CONFIG`].
+fn load(path: &PathBuf) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                warn!("{w}");
+            }
+            Some(c)
+        }
+        Err(errs) => {
+            eprintln!("{errs}");
+            None
+        }
+    }
+}
+
+pub fn main() -> i32 {
+    crate::telemetry::init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        None => {
+            let Some(path) = cli.config.clone() else {
+                eprintln!("error: --config FILE is required (see --help)");
+                return EXIT_CONFIG;
+            };
+            if cli.pingora.test {
+                // Pingora's own -t runs only after services start; answer it here.
+                return check(&path);
+            }
+            run(cli, &path)
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> i32 {
+    let Some(c) = load(path) else { return EXIT_CONFIG };
+    match serde_yaml::to_string(&c) {
+        Ok(s) => {
+            println!("# {}: OK", path.display());
+            print!("{s}");
+            0
+        }
+        Err(e) => {
+            eprintln!("cannot print config: {e}");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli, path: &PathBuf) -> i32 {
+    let Some(mut config) = load(path) else { return EXIT_CONFIG };
+    if let Some(l) = cli.listen {
+        config.router.listen = l;
+    }
+    let router = match Router::new(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("config error: {}: {e}", path.display());
+            return EXIT_CONFIG;
+        }
+    };
+    let mut server = match Server::new(Some(cli.pingora)) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return 1;
+        }
+    };
+    server.bootstrap();
+    let mut svc = http_proxy_service(&server.configuration, router);
+    let listen = config.router.listen.to_string();
+    svc.add_tcp(&listen);
+    svc.threads = Some(config.router.threads);
+    server.add_service(svc);
+    info!(
+        listen = %listen,
+        models = config.models.len(),
+        config = %path.display(),
+        "llm-router listening"
+    );
+    server.run_forever()
+}

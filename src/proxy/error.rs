@@ -1,0 +1,139 @@
+//! OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the right
+//! HTTP status. Every answer the router makes up itself goes through [`ApiError`], so SDKs
+//! raise their usual exception types (`BadRequestError`, `NotFoundError`, ...).
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// OpenAI's `type`: `invalid_request_error`, `not_found_error`, ...
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub param: Option<&'static str>,
+    /// Seconds for a `Retry-After` header (503 only).
+    pub retry_after: Option<u64>,
+    /// For 405: the methods the path accepts.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        ApiError {
+            status,
+            message,
+            kind,
+            code,
+            param: None,
+            retry_after: None,
+            allow: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message.into())
+    }
+
+    pub fn model_not_found(model: &str, available: &[&str]) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "model_not_found",
+            format!(
+                "The model `{model}` does not exist. Available models: {}",
+                available.join(", ")
+            ),
+        )
+        .with_param("model")
+    }
+
+    pub fn path_not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "unknown_url",
+            format!("Unknown request URL: {path}"),
+        )
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("Method {method} is not allowed on {path} (allowed: {allow})"),
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("Request body exceeds the limit of {limit} bytes (router.max_body_bytes)"),
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable_error",
+            "no_instance_available",
+            message.into(),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error", message.into())
+    }
+
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_error",
+            "upstream_timeout",
+            message.into(),
+        )
+    }
+
+    pub fn body(&self) -> Bytes {
+        Bytes::from(
+            json!({
+                "error": {
+                    "message": self.message,
+                    "type": self.kind,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            })
+            .to_string(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let e = ApiError::model_not_found("x", &["a", "b"]);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "not_found_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("a, b"));
+    }
+}

@@ -1,0 +1,304 @@
+//! Forwarding an inference request ourselves, from `request_filter`.
+//!
+//! Pingora's own upstream path replays a consumed request body only from a retry buffer
+//! capped at 64 KiB, and the `model` (which decides the upstream) may come after megabytes
+//! of `messages`. So we read the whole body, choose the instance, and drive the upstream
+//! exchange through our own [`Connector`] (with its connection pool): per attempt
+//! connect → header → body → response header. A connect failure, or a failure on a reused
+//! pooled connection before any response byte, moves on to the next instance with the same
+//! `Bytes` (free to replay). Once the engine has answered, nothing is ever re-sent.
+//!
+//! The response is relayed chunk by chunk (SSE events leave as they arrive) while the
+//! client's side of the connection is watched: a client that hangs up, also while the
+//! engine is still in prefill, drops the upstream connection at once, which is how vLLM
+//! learns to abort the request and free its slot.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+use tracing::{debug, warn};
+
+use super::error::ApiError;
+use crate::balance::{InFlightGuard, Model};
+use crate::config::RouterOptions;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus
+/// `expect`: we hold the whole body already.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// How a forwarded request ended, for the access log and the tests' counters.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub instance: Option<String>,
+    pub status: Option<u16>,
+    /// Instances given up on before the one that answered, with why.
+    pub failovers: Vec<String>,
+    pub client_gone: bool,
+    pub ttfb: Option<Duration>,
+}
+
+/// Why one attempt did not produce a response header.
+enum AttemptError {
+    /// Nothing reached the engine in a way it could act on: try another instance.
+    Retry(String),
+    /// The engine may have started on it, or the client left: stop here.
+    Fatal(ApiError),
+    ClientGone,
+}
+
+pub struct Forwarder {
+    connector: Connector,
+    opts: RouterOptions,
+}
+
+impl Forwarder {
+    pub fn new(opts: RouterOptions) -> Self {
+        Forwarder {
+            connector: Connector::new(None),
+            opts,
+        }
+    }
+
+    /// Sends `body` to an instance of `model` and relays the answer to `session`.
+    /// Returns the error to send when no response was relayed.
+    pub async fn forward(
+        &self,
+        session: &mut Session,
+        model: &Model,
+        body: Bytes,
+        out: &mut Outcome,
+    ) -> Result<(), ApiError> {
+        let header = upstream_header(session.req_header(), body.len())?;
+        let n = model.instances.len();
+        let max_attempts = self.opts.max_attempts.unwrap_or(n).min(n);
+        let mut tried = vec![false; n];
+        let started = Instant::now();
+        for _ in 0..max_attempts {
+            let Some(idx) = model.pick(&tried) else { break };
+            tried[idx] = true;
+            let guard = model.instances[idx].acquire();
+            match self.attempt(session, &guard, &header, &body).await {
+                Ok(up) => {
+                    out.instance = Some(guard.instance().id.clone());
+                    out.ttfb = Some(started.elapsed());
+                    return self.relay(session, up, guard, out).await;
+                }
+                Err(AttemptError::Retry(why)) => {
+                    let inst = guard.instance();
+                    warn!(model = %model.name, instance = %inst.id, url = %inst.url, reason = %why,
+                        "upstream attempt failed before the engine answered; failing over");
+                    out.failovers.push(format!("{}: {why}", inst.id));
+                }
+                Err(AttemptError::Fatal(e)) => {
+                    out.instance = Some(guard.instance().id.clone());
+                    return Err(e);
+                }
+                Err(AttemptError::ClientGone) => {
+                    out.instance = Some(guard.instance().id.clone());
+                    out.client_gone = true;
+                    return Ok(());
+                }
+            }
+        }
+        Err(ApiError::unavailable(
+            format!(
+                "No instance of model `{}` is reachable ({} tried: {})",
+                model.name,
+                out.failovers.len(),
+                out.failovers.join("; ")
+            ),
+            self.opts.retry_after_s,
+        ))
+    }
+
+    /// One try on one instance, up to and including the response header.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        guard: &InFlightGuard,
+        header: &RequestHeader,
+        body: &Bytes,
+    ) -> Result<HttpSession, AttemptError> {
+        let inst = guard.instance();
+        let (mut up, reused) = self
+            .connector
+            .get_http_session(&inst.peer)
+            .await
+            .map_err(|e| AttemptError::Retry(format!("connect: {e}")))?;
+        let mut h = header.clone();
+        // `authority` is ASCII host:port from a validated config.
+        let _ = h.insert_header(header::HOST, &inst.authority);
+        let sent = async {
+            up.write_request_header(Box::new(h)).await?;
+            up.write_request_body(body.clone(), true).await?;
+            up.finish_request_body().await
+        }
+        .await;
+        if let Err(e) = sent {
+            // The engine cannot act on a request it did not fully receive.
+            return Err(AttemptError::Retry(format!("sending request: {e}")));
+        }
+        up.set_read_timeout(Some(self.opts.first_byte_timeout));
+        let answered = tokio::select! {
+            r = up.read_response_header() => r,
+            _ = session.downstream_session.read_body_or_idle(true) => {
+                return Err(AttemptError::ClientGone);
+            }
+        };
+        match answered {
+            Ok(()) => Ok(up),
+            // A pooled connection the engine closed meanwhile: it never saw the request.
+            Err(e) if reused && !is_timeout(&e) => Err(AttemptError::Retry(format!(
+                "reused connection failed: {e}"
+            ))),
+            Err(e) if is_timeout(&e) => Err(AttemptError::Fatal(ApiError::gateway_timeout(
+                format!(
+                    "Instance `{}` did not answer within {:?} (router.first_byte_timeout_s)",
+                    inst.id, self.opts.first_byte_timeout
+                ),
+            ))),
+            Err(e) => Err(AttemptError::Fatal(ApiError::bad_gateway(format!(
+                "Instance `{}` failed before answering: {e}",
+                inst.id
+            )))),
+        }
+    }
+
+    /// Streams the engine's answer to the client; `guard` is released when this returns,
+    /// i.e. at the end of the body, on a client hang-up or on an upstream failure.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        mut up: HttpSession,
+        guard: InFlightGuard,
+        out: &mut Outcome,
+    ) -> Result<(), ApiError> {
+        let inst = guard.instance().clone();
+        let Some(resp) = up.response_header() else {
+            return Err(ApiError::bad_gateway("engine sent no response header"));
+        };
+        out.status = Some(resp.status.as_u16());
+        let down = downstream_header(resp);
+        let no_body = up.response_done();
+        if session.write_response_header(Box::new(down), no_body).await.is_err() {
+            out.client_gone = true;
+            return Ok(());
+        }
+        up.set_read_timeout(Some(self.opts.read_idle_timeout));
+        loop {
+            // Check before polling the client again: after the end of the response a
+            // keep-alive client may already send its next request.
+            if up.response_done() {
+                break;
+            }
+            let chunk = tokio::select! {
+                biased;
+                r = up.read_response_body() => r,
+                _ = session.downstream_session.read_body_or_idle(true) => {
+                    debug!(instance = %inst.id, "client went away mid-response; closing upstream");
+                    out.client_gone = true;
+                    up.shutdown().await;
+                    return Ok(());
+                }
+            };
+            match chunk {
+                Ok(Some(data)) => {
+                    if session.write_response_body(Some(data), false).await.is_err() {
+                        out.client_gone = true;
+                        up.shutdown().await;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Too late for an error response: cut the client's connection so it
+                    // sees a truncated body rather than a clean (wrong) end.
+                    warn!(instance = %inst.id, error = %e, "engine response cut mid-body");
+                    session.set_keepalive(None);
+                    return Ok(());
+                }
+            }
+        }
+        if session.write_response_body(None, true).await.is_err() {
+            out.client_gone = true;
+        }
+        self.connector
+            .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))
+            .await;
+        drop(guard);
+        debug!(instance = %inst.id, "response relayed");
+        Ok(())
+    }
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+    )
+}
+
+/// The client's header, minus hop-by-hop fields, with the body's new length.
+fn upstream_header(client: &RequestHeader, body_len: usize) -> Result<RequestHeader, ApiError> {
+    let mut h = client.clone();
+    h.set_version(http::Version::HTTP_11);
+    for name in connection_listed(&client.headers) {
+        h.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        h.remove_header(name);
+    }
+    h.remove_header(&header::TRANSFER_ENCODING);
+    h.insert_header(header::CONTENT_LENGTH, body_len.to_string())
+        .map_err(|e| ApiError::bad_request("invalid_header", e.to_string()))?;
+    Ok(h)
+}
+
+/// The engine's header for the client: status and fields as they are, minus hop-by-hop
+/// fields; event streams are marked so that buffering proxies in front of us pass them on.
+fn downstream_header(resp: &ResponseHeader) -> ResponseHeader {
+    let mut h = resp.clone();
+    for name in connection_listed(&resp.headers) {
+        h.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        h.remove_header(name);
+    }
+    let is_sse = resp
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_sse {
+        let _ = h.insert_header("x-accel-buffering", "no");
+    }
+    h
+}
+
+/// Header names listed in `Connection:` (also hop-by-hop, RFC 9110 §7.6.1).
+fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| n != header::CONNECTION)
+        .collect()
+}

@@ -1,0 +1,264 @@
+//! The Pingora `ProxyHttp` service: local endpoints, request checks, forwarding.
+//!
+//! Every request is answered from `request_filter` (see [`forward`] for why the router
+//! drives upstream exchanges itself); Pingora's own upstream phase is never reached.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+mod routes;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::balance::Registry;
+use crate::config::{Config, ModelKind};
+use error::ApiError;
+use forward::{Forwarder, Outcome};
+use routes::Route;
+
+/// The router's proxy logic, shared by all worker threads.
+pub struct Router {
+    registry: Registry,
+    forwarder: Forwarder,
+    max_body_bytes: u64,
+    /// `created` of `/v1/models` entries: when this router started.
+    started_unix: u64,
+}
+
+/// Per-request state, kept for logging.
+#[derive(Default)]
+pub struct RequestCtx {
+    start: Option<Instant>,
+    model: Option<String>,
+    outcome: Outcome,
+    error: Option<ApiError>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Result<Self, String> {
+        Ok(Router {
+            registry: Registry::new(config)?,
+            forwarder: Forwarder::new(config.router.clone()),
+            max_body_bytes: config.router.max_body_bytes,
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+        let h = session.req_header();
+        let route = routes::route(h.method.as_str(), h.uri.path())?;
+        match route {
+            Route::Health => {
+                let draining = session.is_process_shutting_down();
+                let (status, state) = if draining { (503, "draining") } else { (200, "ok") };
+                write_json(session, status, json!({ "status": state }).to_string().into()).await;
+                Ok(())
+            }
+            Route::Models => {
+                let data: Vec<_> = self.registry.models().map(|m| self.model_card(m)).collect();
+                let body = json!({ "object": "list", "data": data });
+                write_json(session, 200, body.to_string().into()).await;
+                Ok(())
+            }
+            Route::Model(id) => {
+                let m = self
+                    .registry
+                    .get(&id)
+                    .ok_or_else(|| self.not_found(&id))?;
+                write_json(session, 200, self.model_card(m).to_string().into()).await;
+                Ok(())
+            }
+            Route::Inference(endpoint) => self.inference(session, ctx, endpoint).await,
+        }
+    }
+
+    async fn inference(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        endpoint: routes::Endpoint,
+    ) -> Result<(), ApiError> {
+        let body = read_body(session, self.max_body_bytes).await?;
+        let info = body::inspect(&body)?;
+        ctx.model = Some(info.model.clone());
+        let model = self
+            .registry
+            .get(&info.model)
+            .ok_or_else(|| self.not_found(&info.model))?;
+        if !endpoint.accepts(model.kind) {
+            return Err(ApiError::bad_request(
+                "model_not_supported",
+                format!(
+                    "Model `{}` is {} model and cannot serve {}",
+                    model.name,
+                    kind_article(model.kind),
+                    endpoint.path()
+                ),
+            )
+            .with_param("model"));
+        }
+        let body = body::rewrite_model(&body, &info, &model.served_name);
+        self.forwarder
+            .forward(session, model, body, &mut ctx.outcome)
+            .await
+    }
+
+    fn not_found(&self, name: &str) -> ApiError {
+        let names: Vec<&str> = self.registry.models().map(|m| m.name.as_str()).collect();
+        ApiError::model_not_found(name, &names)
+    }
+
+    fn model_card(&self, m: &crate::balance::Model) -> serde_json::Value {
+        json!({
+            "id": m.name,
+            "object": "model",
+            "created": self.started_unix,
+            "owned_by": "llm-router",
+            "root": m.served_name,
+            "kind": m.kind,
+            "instances": m.instances.len(),
+        })
+    }
+}
+
+fn kind_article(k: ModelKind) -> &'static str {
+    match k {
+        ModelKind::Llm => "a language",
+        ModelKind::Embedding => "an embedding",
+        ModelKind::Rerank => "a reranking",
+    }
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes (early when the client
+/// announces its length).
+async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError> {
+    let announced = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut buf = BytesMut::with_capacity(announced.unwrap_or(0) as usize);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if (buf.len() + chunk.len()) as u64 > limit {
+                    return Err(ApiError::too_large(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    format!("Could not read the request body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Writes a complete JSON response; a client that is gone by now is not an error.
+async fn write_json(session: &mut Session, status: u16, body: Bytes) {
+    let _ = write_response(session, status, body, &[]).await;
+}
+
+async fn write_response(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header(header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    for (k, v) in extra {
+        h.insert_header(*k, v)?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+async fn write_error(session: &mut Session, e: &ApiError) {
+    let mut extra = Vec::new();
+    if let Some(s) = e.retry_after {
+        extra.push(("retry-after", s.to_string()));
+    }
+    if let Some(a) = e.allow {
+        extra.push(("allow", a.to_string()));
+    }
+    // After an error the rest of the request body may still be unread: don't reuse the
+    // connection for another request.
+    session.set_keepalive(None);
+    let _ = write_response(session, e.status.as_u16(), e.body(), &extra).await;
+}
+
+#[async_trait]
+impl ProxyHttp for Router {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.start = Some(Instant::now());
+        if let Err(e) = self.handle(session, ctx).await {
+            if session.response_written().is_none() {
+                write_error(session, &e).await;
+            }
+            ctx.error = Some(e);
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // Unreachable: request_filter answers every request.
+        Error::e_explain(ErrorType::InternalError, "requests are forwarded by request_filter")
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let h = session.req_header();
+        let elapsed = ctx.start.map(|s| s.elapsed().as_secs_f64() * 1000.0).unwrap_or(0.0);
+        let status = ctx
+            .error
+            .as_ref()
+            .map(|e| e.status.as_u16())
+            .or(ctx.outcome.status)
+            .unwrap_or(0);
+        if let Some(e) = &ctx.error {
+            if e.status.is_server_error() {
+                warn!(method = %h.method, path = %h.uri.path(), model = ?ctx.model, status,
+                    duration_ms = elapsed, error = %e.message, "request failed");
+            }
+        }
+        if !ctx.outcome.failovers.is_empty() {
+            info!(model = ?ctx.model, instance = ?ctx.outcome.instance, status,
+                failovers = ?ctx.outcome.failovers, "request failed over");
+        }
+    }
+}
+
+/// Shared so tests and `main` build the same service.
+pub type SharedRouter = Arc<Router>;

@@ -1,0 +1,14 @@
+//! Logging set-up (the router's metrics and access log come with the operations issue).
+
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr, level from `RUST_LOG` (default `info`). Pingora's own `log` records
+/// are captured too.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
