@@ -19,7 +19,11 @@ use crate::proxy::Router;
 pub const EXIT_CONFIG: i32 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "llm-router", version, about = "One OpenAI-compatible endpoint in front of every model on a GPU host")]
+#[command(
+    name = "llm-router",
+    version,
+    about = "One OpenAI-compatible endpoint in front of every model on a GPU host"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -78,7 +82,9 @@ pub fn main() -> i32 {
 }
 
 fn check(path: &PathBuf) -> i32 {
-    let Some(c) = load(path) else { return EXIT_CONFIG };
+    let Some(c) = load(path) else {
+        return EXIT_CONFIG;
+    };
     match serde_yaml::to_string(&c) {
         Ok(s) => {
             println!("# {}: OK", path.display());
@@ -93,7 +99,9 @@ fn check(path: &PathBuf) -> i32 {
 }
 
 fn run(cli: Cli, path: &PathBuf) -> i32 {
-    let Some(mut config) = load(path) else { return EXIT_CONFIG };
+    let Some(mut config) = load(path) else {
+        return EXIT_CONFIG;
+    };
     if let Some(l) = cli.listen {
         config.router.listen = l;
     }

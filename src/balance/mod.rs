@@ -114,7 +114,12 @@ impl Registry {
         for m in &config.models {
             if let Some(tag) = &m.model_tag {
                 let taken = models.contains_key(tag)
-                    || config.models.iter().filter(|o| o.model_tag.as_ref() == Some(tag)).count() > 1;
+                    || config
+                        .models
+                        .iter()
+                        .filter(|o| o.model_tag.as_ref() == Some(tag))
+                        .count()
+                        > 1;
                 if !taken {
                     aliases.insert(tag.clone(), m.name.clone());
                 }
@@ -188,7 +193,9 @@ mod tests {
     #[test]
     fn ties_rotate_with_start() {
         let loads = [0, 0, 0];
-        let picks: Vec<_> = (0..6).map(|s| select(&loads, &[false; 3], s).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|s| select(&loads, &[false; 3], s).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
 

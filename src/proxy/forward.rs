@@ -167,12 +167,12 @@ impl Forwarder {
             Err(e) if reused && !is_timeout(&e) => Err(AttemptError::Retry(format!(
                 "reused connection failed: {e}"
             ))),
-            Err(e) if is_timeout(&e) => Err(AttemptError::Fatal(ApiError::gateway_timeout(
-                format!(
+            Err(e) if is_timeout(&e) => {
+                Err(AttemptError::Fatal(ApiError::gateway_timeout(format!(
                     "Instance `{}` did not answer within {:?} (router.first_byte_timeout_s)",
                     inst.id, self.opts.first_byte_timeout
-                ),
-            ))),
+                ))))
+            }
             Err(e) => Err(AttemptError::Fatal(ApiError::bad_gateway(format!(
                 "Instance `{}` failed before answering: {e}",
                 inst.id
@@ -196,7 +196,11 @@ impl Forwarder {
         out.status = Some(resp.status.as_u16());
         let down = downstream_header(resp);
         let no_body = up.response_done();
-        if session.write_response_header(Box::new(down), no_body).await.is_err() {
+        if session
+            .write_response_header(Box::new(down), no_body)
+            .await
+            .is_err()
+        {
             out.client_gone = true;
             return Ok(());
         }
@@ -219,7 +223,11 @@ impl Forwarder {
             };
             match chunk {
                 Ok(Some(data)) => {
-                    if session.write_response_body(Some(data), false).await.is_err() {
+                    if session
+                        .write_response_body(Some(data), false)
+                        .await
+                        .is_err()
+                    {
                         out.client_gone = true;
                         up.shutdown().await;
                         return Ok(());

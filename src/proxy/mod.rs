@@ -68,8 +68,17 @@ impl Router {
         match route {
             Route::Health => {
                 let draining = session.is_process_shutting_down();
-                let (status, state) = if draining { (503, "draining") } else { (200, "ok") };
-                write_json(session, status, json!({ "status": state }).to_string().into()).await;
+                let (status, state) = if draining {
+                    (503, "draining")
+                } else {
+                    (200, "ok")
+                };
+                write_json(
+                    session,
+                    status,
+                    json!({ "status": state }).to_string().into(),
+                )
+                .await;
                 Ok(())
             }
             Route::Models => {
@@ -79,10 +88,7 @@ impl Router {
                 Ok(())
             }
             Route::Model(id) => {
-                let m = self
-                    .registry
-                    .get(&id)
-                    .ok_or_else(|| self.not_found(&id))?;
+                let m = self.registry.get(&id).ok_or_else(|| self.not_found(&id))?;
                 write_json(session, 200, self.model_card(m).to_string().into()).await;
                 Ok(())
             }
@@ -235,12 +241,18 @@ impl ProxyHttp for Router {
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         // Unreachable: request_filter answers every request.
-        Error::e_explain(ErrorType::InternalError, "requests are forwarded by request_filter")
+        Error::e_explain(
+            ErrorType::InternalError,
+            "requests are forwarded by request_filter",
+        )
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let h = session.req_header();
-        let elapsed = ctx.start.map(|s| s.elapsed().as_secs_f64() * 1000.0).unwrap_or(0.0);
+        let elapsed = ctx
+            .start
+            .map(|s| s.elapsed().as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
         let status = ctx
             .error
             .as_ref()

@@ -45,7 +45,11 @@ pub enum Route {
 /// Maps method + path to a route: 404 for unknown paths, 405 for a known path with the
 /// wrong method. A trailing slash is tolerated.
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let p = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let p = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
     let (route, allow) = match p {
         "/health" => (Route::Health, "GET, HEAD"),
         "/v1/models" => (Route::Models, "GET, HEAD"),
@@ -86,7 +90,10 @@ mod tests {
             route("POST", "/v1/chat/completions").unwrap(),
             Route::Inference(Endpoint::ChatCompletions)
         );
-        assert_eq!(route("GET", "/v1/chat/completions").unwrap_err().status, 405);
+        assert_eq!(
+            route("GET", "/v1/chat/completions").unwrap_err().status,
+            405
+        );
         assert_eq!(route("POST", "/v1/models").unwrap_err().status, 405);
         assert_eq!(route("POST", "/v2/whatever").unwrap_err().status, 404);
         assert_eq!(route("GET", "/").unwrap_err().status, 404);

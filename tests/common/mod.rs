@@ -1,0 +1,121 @@
+//! Shared test harness: the mock engine and the real router binary on loopback.
+#![allow(dead_code)]
+
+pub mod mock_vllm;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use mock_vllm::MockVllm;
+
+/// A port nothing listens on (bound once by the OS, then released).
+pub fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_llm-router")
+}
+
+/// `(id, port)` pairs as a YAML instance list.
+pub fn instances(list: &[(&str, u16)]) -> String {
+    list.iter()
+        .map(|(id, port)| format!("      - {{id: \"{id}\", host: \"127.0.0.1\", port: {port}}}\n"))
+        .collect()
+}
+
+/// One `LLM_engines` entry.
+pub fn llm(name: &str, tag: &str, list: &[(&str, u16)]) -> String {
+    format!(
+        "  {name}:\n    instances:\n{}    model_config:\n      model_tag: \"{tag}\"\n",
+        instances(list)
+    )
+}
+
+/// The router binary running on a config, killed (by its PID) on drop.
+pub struct RouterProc {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl RouterProc {
+    /// Writes `yaml` to a temp dir and starts the router on a free loopback port; waits
+    /// until `/health` answers.
+    pub async fn start(yaml: &str) -> RouterProc {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let pconf = dir.path().join("pingora.yaml");
+        let mut f = std::fs::File::create(&pconf).unwrap();
+        writeln!(
+            f,
+            "---\nversion: 1\npid_file: {0}/router.pid\nupgrade_sock: {0}/upgrade.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1",
+            dir.path().display()
+        )
+        .unwrap();
+        let port = dead_port();
+        let log = dir.path().join("router.log");
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-c")
+            .arg(&pconf)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut r = RouterProc {
+            child,
+            port,
+            dir,
+            log,
+        };
+        r.wait_ready().await;
+        r
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("router exited early ({status}): {}", self.log_text());
+            }
+            if let Ok(r) = client.get(self.url("/health")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("router not ready in 20 s: {}", self.log_text());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the router binary to completion with `args` (for `check` and config errors).
+pub fn run_bin(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}

@@ -1,0 +1,483 @@
+//! The router binary against mock engines, on real loopback sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{dead_port, llm, MockVllm, RouterProc};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn post(r: &RouterProc, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    client()
+        .post(r.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts the OpenAI error shape and returns the `error` object.
+async fn expect_error(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let v: Value = resp.json().await.unwrap();
+    let e = v["error"].clone();
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e["code"].is_string(), "{v}");
+    assert!(e.get("param").is_some(), "{v}");
+    e
+}
+
+fn chat(model: &str, stream: bool) -> String {
+    json!({"messages": [{"role": "user", "content": "hi"}], "model": model, "stream": stream, "max_tokens": 5})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_only_their_model_with_model_rewritten() {
+    let a1 = MockVllm::start("a1").await;
+    let a2 = MockVllm::start("a2").await;
+    let b1 = MockVllm::start("b1").await;
+    let yaml = format!(
+        "LLM_engines:\n{}{}",
+        llm(
+            "alpha",
+            "org/Alpha-7B",
+            &[("a1", a1.port()), ("a2", a2.port())]
+        ),
+        llm("beta", "org/Beta", &[("b1", b1.port())])
+    );
+    let r = RouterProc::start(&yaml).await;
+    for _ in 0..10 {
+        let resp = post(&r, "/v1/chat/completions", chat("alpha", false)).await;
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["model"], "org/Alpha-7B");
+    }
+    assert_eq!(a1.requests() + a2.requests(), 10);
+    assert!(a1.requests() > 0 && a2.requests() > 0, "ties rotate");
+    assert_eq!(b1.requests(), 0);
+    assert_eq!(a1.last_json()["model"], "org/Alpha-7B");
+
+    // The model_tag works as a name too; /v1/completions goes through.
+    let resp = post(
+        &r,
+        "/v1/completions",
+        json!({"model": "org/Beta", "prompt": "x"}).to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(b1.requests(), 1);
+    assert_eq!(b1.last_json()["prompt"], "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_mib_body_arrives_byte_for_byte() {
+    let m = MockVllm::start("m").await;
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("big", "org/Big", &[("m1", m.port())])
+    ))
+    .await;
+    // `model` after 5 MiB of messages, odd spacing and escapes that re-serialization would change.
+    let filler = "x\\u00e9\\/y ".repeat(5 * 1024 * 1024 / 11 + 1);
+    let body = |model: &str| {
+        format!("{{ \"messages\" : [ {{\"role\":\"user\",\"content\":\"{filler}\"}} ],\n  \"model\"  :  \"{model}\" , \"n\":1.0e0 }}")
+    };
+    let sent = body("big");
+    assert!(sent.len() > 5 * 1024 * 1024 - 100);
+    let resp = post(&r, "/v1/chat/completions", sent).await;
+    assert_eq!(resp.status(), 200);
+    let got = m.last_body().unwrap();
+    assert_eq!(got.len(), body("org/Big").len());
+    assert!(
+        got == body("org/Big").as_bytes(),
+        "body changed beyond the model rewrite"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_arrive_as_the_engine_emits_them() {
+    let m = MockVllm::start("m").await;
+    m.set_sse(5, 200);
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("s", "org/S", &[("m1", m.port())])
+    ))
+    .await;
+    let t0 = Instant::now();
+    let resp = post(&r, "/v1/chat/completions", chat("s", true)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let mut first_event_at = None;
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        if first_event_at.is_none() && text.contains("\n\n") {
+            first_event_at = Some(t0.elapsed());
+        }
+    }
+    let total = t0.elapsed();
+    let first = first_event_at.unwrap();
+    // The engine needs 5 x 200 ms; the first event must not wait for the rest.
+    assert!(total >= Duration::from_millis(1000), "total {total:?}");
+    assert!(
+        first < Duration::from_millis(400),
+        "first event after {first:?} (total {total:?})"
+    );
+    assert_eq!(text.matches("data: ").count(), 7, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(m.completed(), 1);
+}
+
+/// Waits up to `limit` for `cond`.
+async fn within(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_aborts_the_upstream_stream() {
+    let m = MockVllm::start("m").await;
+    m.set_sse(100, 100);
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("s", "org/S", &[("m1", m.port())])
+    ))
+    .await;
+    // Mid-stream: read one event, hang up.
+    let resp = post(&r, "/v1/chat/completions", chat("s", true)).await;
+    let mut body = resp.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    let t0 = Instant::now();
+    assert!(
+        within(Duration::from_secs(1), || m.aborted() == 1).await,
+        "upstream not aborted"
+    );
+    eprintln!("mid-stream abort seen by engine after {:?}", t0.elapsed());
+
+    // During a silent prefill: the client gives up before any byte.
+    m.set_prefill_ms(3000);
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let res = c
+        .post(r.url("/v1/chat/completions"))
+        .body(chat("s", true))
+        .send()
+        .await;
+    assert!(res.is_err());
+    let t0 = Instant::now();
+    assert!(
+        within(Duration::from_secs(1), || m.aborted() == 2).await,
+        "prefill not aborted"
+    );
+    eprintln!("prefill abort seen by engine after {:?}", t0.elapsed());
+    assert_eq!(m.completed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instance_causes_no_client_error() {
+    let live = MockVllm::start("live").await;
+    let dead = dead_port();
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("m", "org/M", &[("dead", dead), ("live", live.port())])
+    ))
+    .await;
+    let mut failures = 0;
+    for i in 0..200 {
+        let resp = post(&r, "/v1/chat/completions", chat("m", i % 4 == 0)).await;
+        if resp.status() != 200 || resp.bytes().await.is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 0);
+    assert_eq!(live.requests(), 200);
+    assert!(r.log_text().contains("failing over"), "failover not logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_instance_is_503_with_retry_after() {
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("m", "org/M", &[("d1", dead_port()), ("d2", dead_port())])
+    ))
+    .await;
+    let resp = post(&r, "/v1/chat/completions", chat("m", false)).await;
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let e = expect_error(resp, 503).await;
+    assert_eq!(e["code"], "no_instance_available");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("d1") && msg.contains("d2"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors_and_the_router_keeps_serving() {
+    let m = MockVllm::start("m").await;
+    let yaml = format!(
+        "LLM_engines:\n{}embedding_server:\n  host: 127.0.0.1\n  port: {}\n  embedding_models:\n    emb:\n      model_path: /nonexistent\nrouter:\n  max_body_bytes: 1000\n",
+        llm("m", "org/M", &[("m1", m.port())]),
+        dead_port()
+    );
+    let r = RouterProc::start(&yaml).await;
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/v1/chat/completions",
+            "{not json".into(),
+            400,
+            "invalid_json",
+        ),
+        ("/v1/chat/completions", "[]".into(), 400, "invalid_json"),
+        ("/v1/chat/completions", "".into(), 400, "invalid_json"),
+        (
+            "/v1/chat/completions",
+            "{\"messages\":[]}".into(),
+            400,
+            "missing_model",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"model\":7}".into(),
+            400,
+            "invalid_model",
+        ),
+        (
+            "/v1/chat/completions",
+            chat("nope", false),
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/chat/completions",
+            chat("emb", false),
+            400,
+            "model_not_supported",
+        ),
+        (
+            "/v1/chat/completions",
+            format!("{{\"model\":\"m\",\"p\":\"{}\"}}", "x".repeat(2000)),
+            413,
+            "request_too_large",
+        ),
+        ("/v1/nothing", chat("m", false), 404, "unknown_url"),
+    ];
+    for (path, body, status, code) in cases {
+        let e = expect_error(post(&r, path, body.clone()).await, status).await;
+        assert_eq!(e["code"], code, "{path} {body:.60}: {e}");
+    }
+    let e = expect_error(
+        post(&r, "/v1/chat/completions", chat("nope", false)).await,
+        404,
+    )
+    .await;
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("nope") && msg.contains("m, emb"), "{msg}");
+
+    let resp = client()
+        .get(r.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "POST");
+    expect_error(resp, 405).await;
+
+    // A chunked body over the limit (no content-length up front).
+    let chunks =
+        futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b' '; 100])));
+    let resp = client()
+        .post(r.url("/v1/chat/completions"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 413).await;
+
+    // Engine errors pass through as they are.
+    m.force_status(500);
+    let resp = post(&r, "/v1/chat/completions", chat("m", false)).await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.json::<Value>().await.unwrap()["message"], "forced 500");
+    m.force_status(0);
+
+    // Still serving.
+    assert_eq!(m.requests(), 1);
+    assert_eq!(
+        post(&r, "/v1/chat/completions", chat("m", false))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failure_is_502_and_slowness_504() {
+    // An "engine" that accepts, reads the request and closes without answering.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad_port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let slow = MockVllm::start("slow").await;
+    slow.set_prefill_ms(3000);
+    let yaml = format!(
+        "LLM_engines:\n{}{}router:\n  first_byte_timeout_s: 0.5\n",
+        llm("bad", "org/Bad", &[("b1", bad_port)]),
+        llm("slow", "org/Slow", &[("s1", slow.port())])
+    );
+    let r = RouterProc::start(&yaml).await;
+    let e = expect_error(
+        post(&r, "/v1/chat/completions", chat("bad", false)).await,
+        502,
+    )
+    .await;
+    assert_eq!(e["type"], "upstream_error");
+    let t0 = Instant::now();
+    let e = expect_error(
+        post(&r, "/v1/chat/completions", chat("slow", false)).await,
+        504,
+    )
+    .await;
+    assert_eq!(e["code"], "upstream_timeout");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_spread_over_instances() {
+    let a = MockVllm::start("a").await;
+    let b = MockVllm::start("b").await;
+    a.set_sse(5, 100);
+    b.set_sse(5, 100);
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("m", "org/M", &[("a", a.port()), ("b", b.port())])
+    ))
+    .await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let url = r.url("/v1/chat/completions");
+            tokio::spawn(async move {
+                let resp = client()
+                    .post(url)
+                    .body(chat("m", true))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.bytes().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Least in-flight: 8 overlapping streams split 4/4 (±1 for arrival races).
+    let (na, nb) = (a.requests(), b.requests());
+    assert_eq!(na + nb, 8);
+    assert!(na.abs_diff(nb) <= 2, "a={na} b={nb}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_forwarded_minus_hop_by_hop() {
+    let m = MockVllm::start("m").await;
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("m", "org/M", &[("m1", m.port())])
+    ))
+    .await;
+    let resp = client()
+        .post(r.url("/v1/chat/completions"))
+        .header("authorization", "Bearer sk-test")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "1")
+        .header("x-custom", "kept")
+        .body(chat("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = m.last_headers();
+    assert_eq!(h["authorization"], "Bearer sk-test");
+    assert_eq!(h["x-custom"], "kept");
+    assert!(h.get("x-private").is_none());
+    assert_eq!(h["host"], format!("127.0.0.1:{}", m.port()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_endpoints_models_and_health() {
+    let m = MockVllm::start("m").await;
+    let yaml = format!(
+        "LLM_engines:\n{}embedding_server:\n  port: {}\n  embedding_models:\n    emb:\n      model_path: /x\n  reranking_models:\n    rr:\n      model_path: /y\n",
+        llm("chat-model", "org/Chat", &[("m1", m.port())]),
+        dead_port()
+    );
+    let r = RouterProc::start(&yaml).await;
+    let v: Value = client()
+        .get(r.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["chat-model", "emb", "rr"]);
+    assert_eq!(v["data"][0]["object"], "model");
+    assert_eq!(v["data"][2]["kind"], "rerank");
+
+    let one: Value = client()
+        .get(r.url("/v1/models/chat-model"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["id"], "chat-model");
+    expect_error(
+        client().get(r.url("/v1/models/none")).send().await.unwrap(),
+        404,
+    )
+    .await;
+
+    let h = client().get(r.url("/health")).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+}
