@@ -4,7 +4,7 @@
 //! flattened in, so the usual Pingora operations keep working.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use pingora::proxy::http_proxy_service;
@@ -47,7 +47,7 @@ pub enum Command {
 }
 
 /// Loads a config, printing every problem; `None` means exit with [`EXIT_CONFIG`].
-fn load(path: &PathBuf) -> Option<Config> {
+fn load(path: &Path) -> Option<Config> {
     match Config::load(path) {
         Ok(c) => {
             for w in &c.warnings {
@@ -81,7 +81,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn check(path: &PathBuf) -> i32 {
+fn check(path: &Path) -> i32 {
     let Some(c) = load(path) else {
         return EXIT_CONFIG;
     };
@@ -98,7 +98,7 @@ fn check(path: &PathBuf) -> i32 {
     }
 }
 
-fn run(cli: Cli, path: &PathBuf) -> i32 {
+fn run(cli: Cli, path: &Path) -> i32 {
     let Some(mut config) = load(path) else {
         return EXIT_CONFIG;
     };

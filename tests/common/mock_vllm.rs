@@ -52,6 +52,11 @@ pub struct MockVllm {
 
 impl MockVllm {
     pub async fn start(name: &str) -> MockVllm {
+        Self::start_on(0, name).await
+    }
+
+    /// On a given loopback port (0: the OS picks).
+    pub async fn start_on(port: u16, name: &str) -> MockVllm {
         let state = Arc::new(MockState {
             name: name.to_string(),
             chunks: AtomicUsize::new(5),
@@ -66,7 +71,7 @@ impl MockVllm {
             .route("/health", get(health))
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use mock_vllm::MockVllm;
 
 /// A port nothing listens on (bound once by the OS, then released).
