@@ -10,7 +10,7 @@ echo "[test] building router and mock engine (debug)"
 cargo build --bins --examples
 
 echo "[test] cargo test"
-cargo test --all-targets
+cargo test
 
 echo "[test] OpenAI Python SDK against the router"
 LLM_ROUTER_BIN="$PWD/target/debug/llm-router" MOCK_VLLM_BIN="$PWD/target/debug/examples/mock_vllm" \

@@ -14,16 +14,32 @@ fn write(yaml: &str) -> (tempfile::TempDir, String) {
 
 #[test]
 fn check_accepts_both_seed_fixtures() {
-    for f in ["tests/fixtures/seed-config.yaml", "tests/fixtures/seed-config-extra-flags.yaml"] {
+    for f in [
+        "tests/fixtures/seed-config.yaml",
+        "tests/fixtures/seed-config-extra-flags.yaml",
+    ] {
         let out = run_bin(&["check", "--config", f]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains(": OK"), "{stdout}");
-        assert!(stdout.contains("listen: 0.0.0.0:8947"), "defaults are shown: {stdout}");
+        assert!(
+            stdout.contains("listen: 0.0.0.0:8947"),
+            "defaults are shown: {stdout}"
+        );
     }
     let out = run_bin(&["check", "--config", "tests/fixtures/seed-config.yaml"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for name in ["Qwen3-0.6B", "qwen3-2", "m3e-base", "bge-reranker-large", "max_model_len: 500"] {
+    for name in [
+        "Qwen3-0.6B",
+        "qwen3-2",
+        "m3e-base",
+        "bge-reranker-large",
+        "max_model_len: 500",
+    ] {
         assert!(stdout.contains(name), "{name} missing from: {stdout}");
     }
 }
@@ -88,5 +104,9 @@ fn missing_config_argument_and_missing_file() {
 #[test]
 fn pingora_test_flag_validates_without_serving() {
     let out = run_bin(&["-t", "--config", "tests/fixtures/seed-config.yaml"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

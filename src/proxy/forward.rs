@@ -205,6 +205,7 @@ impl Forwarder {
             return Ok(());
         }
         up.set_read_timeout(Some(self.opts.read_idle_timeout));
+        let mut ended = no_body;
         loop {
             // Check before polling the client again: after the end of the response a
             // keep-alive client may already send its next request.
@@ -223,14 +224,16 @@ impl Forwarder {
             };
             match chunk {
                 Ok(Some(data)) => {
-                    if session
-                        .write_response_body(Some(data), false)
-                        .await
-                        .is_err()
-                    {
+                    // Ending with the last chunk saves a write for fixed-length answers.
+                    let last = up.response_done();
+                    if session.write_response_body(Some(data), last).await.is_err() {
                         out.client_gone = true;
                         up.shutdown().await;
                         return Ok(());
+                    }
+                    if last {
+                        ended = true;
+                        break;
                     }
                 }
                 Ok(None) => break,
@@ -243,7 +246,7 @@ impl Forwarder {
                 }
             }
         }
-        if session.write_response_body(None, true).await.is_err() {
+        if !ended && session.write_response_body(None, true).await.is_err() {
             out.client_gone = true;
         }
         self.connector

@@ -71,7 +71,9 @@ impl MockVllm {
             .route("/health", get(health))
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

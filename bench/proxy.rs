@@ -1,0 +1,289 @@
+//! Router overhead: the same load direct to a mock engine and through the router, in one
+//! run, interleaved (direct, router, direct, router) so that machine noise hits both arms.
+//! Prints a markdown table. `make bench` (= `cargo bench --bench proxy`).
+//!
+//! Bounded: every phase runs a fixed number of requests or a fixed time, on loopback only.
+
+#[path = "../tests/common/mock_vllm.rs"]
+mod mock_vllm;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mock_vllm::MockVllm;
+
+const PHASE: Duration = Duration::from_secs(3);
+
+struct Router {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Router {
+    fn rss_kib(&self) -> u64 {
+        proc_field(self.child.id(), "VmRSS:")
+    }
+
+    /// user + system CPU seconds used so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may contain spaces) start after ')'.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+}
+
+fn proc_field(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn start_router(engine_port: u16) -> Router {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bench.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "LLM_engines:\n  m:\n    instances:\n      - {{id: m1, host: 127.0.0.1, port: {engine_port}}}\n    model_config: {{model_tag: m}}\nrouter:\n  threads: 2\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_llm-router"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = Router {
+        child,
+        port,
+        _dir: dir,
+    };
+    let c = reqwest::Client::new();
+    for _ in 0..400 {
+        if c.get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("router did not start");
+}
+
+fn body(stream: bool) -> String {
+    format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello there\"}}],\"stream\":{stream}}}")
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Load {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    n: usize,
+}
+
+/// `conc` workers send non-streaming requests back to back for [`PHASE`].
+async fn closed_loop(url: &str, conc: usize) -> Load {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(conc)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..conc)
+        .map(|_| {
+            let (c, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while t0.elapsed() < PHASE {
+                    let s = Instant::now();
+                    let r = c.post(&url).body(body(false)).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.unwrap();
+                    lat.push(s.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    all.sort();
+    Load {
+        rps: all.len() as f64 / secs,
+        p50: pct(&all, 0.5),
+        p99: pct(&all, 0.99),
+        n: all.len(),
+    }
+}
+
+/// Sequential streams: time to first event and total, `n` streams.
+async fn streams(url: &str, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let client = reqwest::Client::new();
+    let (mut first, mut total) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let s = Instant::now();
+        let r = client.post(url).body(body(true)).send().await.unwrap();
+        let mut b = r.bytes_stream();
+        let mut got_first = false;
+        while let Some(c) = b.next().await {
+            let c = c.unwrap();
+            if !got_first && c.windows(2).any(|w| w == b"\n\n") {
+                first.push(s.elapsed());
+                got_first = true;
+            }
+        }
+        total.push(s.elapsed());
+    }
+    first.sort();
+    total.sort();
+    (first, total)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let engine = MockVllm::start("bench").await;
+    engine.set_sse(5, 0);
+    let router = start_router(engine.port()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = router.rss_kib();
+    let direct = format!("http://127.0.0.1:{}/v1/chat/completions", engine.port());
+    let proxied = format!("http://127.0.0.1:{}/v1/chat/completions", router.port);
+
+    // Non-streaming, c=1 and c=64, interleaved twice; the better round of each arm counts.
+    let mut rows = Vec::new();
+    let mut max_rss = idle_rss;
+    let mut router_cpu = 0.0;
+    let mut router_reqs = 0usize;
+    for conc in [1usize, 64] {
+        let (mut best_d, mut best_r): (Option<Load>, Option<Load>) = (None, None);
+        for _round in 0..2 {
+            let d = closed_loop(&direct, conc).await;
+            let cpu0 = router.cpu_secs();
+            let sampler = {
+                let pid = router.child.id();
+                tokio::spawn(async move {
+                    let mut m = 0;
+                    let t0 = Instant::now();
+                    while t0.elapsed() < PHASE {
+                        m = m.max(proc_field(pid, "VmRSS:"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    m
+                })
+            };
+            let r = closed_loop(&proxied, conc).await;
+            router_cpu += router.cpu_secs() - cpu0;
+            router_reqs += r.n;
+            max_rss = max_rss.max(sampler.await.unwrap());
+            if best_d.as_ref().is_none_or(|b| d.rps > b.rps) {
+                best_d = Some(d);
+            }
+            if best_r.as_ref().is_none_or(|b| r.rps > b.rps) {
+                best_r = Some(r);
+            }
+        }
+        rows.push((conc, best_d.unwrap(), best_r.unwrap()));
+    }
+
+    // Streaming: 50 events 1 ms apart.
+    engine.set_sse(50, 1);
+    let (mut sdf, mut sdt, mut srf, mut srt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let (f, t) = streams(&direct, 25).await;
+        sdf.extend(f);
+        sdt.extend(t);
+        let (f, t) = streams(&proxied, 25).await;
+        srf.extend(f);
+        srt.extend(t);
+    }
+    for v in [&mut sdf, &mut sdt, &mut srf, &mut srt] {
+        v.sort();
+    }
+
+    println!("| metric | direct | via router | ratio / added |");
+    println!("|---|---|---|---|");
+    for (conc, d, r) in &rows {
+        println!(
+            "| non-streaming c={conc} req/s | {:.0} | {:.0} | {:.2}x |",
+            d.rps,
+            r.rps,
+            r.rps / d.rps
+        );
+        println!(
+            "| non-streaming c={conc} p50 / p99 (ms) | {} / {} | {} / {} | +{} / +{} ms |",
+            ms(d.p50),
+            ms(d.p99),
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.p50.saturating_sub(d.p50)),
+            ms(r.p99.saturating_sub(d.p99))
+        );
+    }
+    println!(
+        "| stream first event p50 / p99 (ms) | {} / {} | {} / {} | +{} ms (p50) |",
+        ms(pct(&sdf, 0.5)),
+        ms(pct(&sdf, 0.99)),
+        ms(pct(&srf, 0.5)),
+        ms(pct(&srf, 0.99)),
+        ms(pct(&srf, 0.5).saturating_sub(pct(&sdf, 0.5)))
+    );
+    println!(
+        "| stream total, 50 events 1 ms apart, p50 (ms) | {} | {} | +{} ms |",
+        ms(pct(&sdt, 0.5)),
+        ms(pct(&srt, 0.5)),
+        ms(pct(&srt, 0.5).saturating_sub(pct(&sdt, 0.5)))
+    );
+    println!(
+        "| router RSS idle / under load (MiB) | | {:.1} / {:.1} | |",
+        idle_rss as f64 / 1024.0,
+        max_rss as f64 / 1024.0
+    );
+    println!(
+        "| router CPU time per request (µs) | | {:.1} | |",
+        router_cpu / router_reqs.max(1) as f64 * 1e6
+    );
+}
