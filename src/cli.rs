@@ -10,9 +10,11 @@ use clap::{Parser, Subcommand};
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::proxy::drain::{DrainWatch, Draining};
 use crate::proxy::Router;
 
 /// Exit code for a bad config file or bad arguments.
@@ -105,7 +107,8 @@ fn run(cli: Cli, path: &Path) -> i32 {
     if let Some(l) = cli.listen {
         config.router.listen = l;
     }
-    let router = match Router::new(&config) {
+    let draining = Draining::default();
+    let router = match Router::new(&config, draining.clone()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("config error: {}: {e}", path.display());
@@ -120,6 +123,11 @@ fn run(cli: Cli, path: &Path) -> i32 {
         }
     };
     server.bootstrap();
+    let phases = server.watch_execution_phase();
+    server.add_service(background_service(
+        "drain watch",
+        DrainWatch::new(phases, draining),
+    ));
     let mut svc = http_proxy_service(&server.configuration, router);
     let listen = config.router.listen.to_string();
     svc.add_tcp(&listen);

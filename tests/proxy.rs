@@ -481,3 +481,45 @@ async fn local_endpoints_models_and_health() {
     let h = client().get(r.url("/health")).send().await.unwrap();
     assert_eq!(h.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_503_when_draining_while_requests_still_work() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let m = MockVllm::start("m").await;
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("m", "org/M", &[("m1", m.port())])
+    ))
+    .await;
+    assert_eq!(
+        client()
+            .get(r.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // SIGQUIT starts a graceful upgrade: Pingora keeps accepting for 5 s while it hands
+    // its sockets over (none takes them here), then drains.
+    kill(Pid::from_raw(r.child.id() as i32), Signal::SIGQUIT).unwrap();
+    let c = client();
+    let mut saw_503 = false;
+    for _ in 0..50 {
+        let h = c.get(r.url("/health")).send().await.unwrap();
+        if h.status() == 503 {
+            assert_eq!(h.json::<Value>().await.unwrap()["status"], "draining");
+            saw_503 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_503, "/health never reported draining");
+    assert_eq!(
+        post(&r, "/v1/chat/completions", chat("m", false))
+            .await
+            .status(),
+        200
+    );
+}

@@ -4,6 +4,7 @@
 //! drives upstream exchanges itself); Pingora's own upstream phase is never reached.
 
 pub mod body;
+pub mod drain;
 pub mod error;
 pub mod forward;
 mod routes;
@@ -34,6 +35,7 @@ pub struct Router {
     max_body_bytes: u64,
     /// `created` of `/v1/models` entries: when this router started.
     started_unix: u64,
+    draining: drain::Draining,
 }
 
 /// Per-request state, kept for logging.
@@ -46,7 +48,7 @@ pub struct RequestCtx {
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config, draining: drain::Draining) -> Result<Self, String> {
         Ok(Router {
             registry: Registry::new(config)?,
             forwarder: Forwarder::new(config.router.clone()),
@@ -55,6 +57,7 @@ impl Router {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            draining,
         })
     }
 
@@ -67,7 +70,7 @@ impl Router {
         let route = routes::route(h.method.as_str(), h.uri.path())?;
         match route {
             Route::Health => {
-                let draining = session.is_process_shutting_down();
+                let draining = self.draining.is_set() || session.is_process_shutting_down();
                 let (status, state) = if draining {
                     (503, "draining")
                 } else {
