@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG="${CONFIG:-conf/demo.yaml}"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+router=""
+# The router gets SIGINT (fast exit): SIGTERM would make it drain for the grace period.
+cleanup() {
+  [ -n "$router" ] && kill -INT "$router" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT INT TERM
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -23,5 +28,4 @@ echo "[run] llm-router --config $CONFIG -c conf/pingora.yaml (Ctrl-C to stop)"
 echo "[run] try: curl -s localhost:8947/v1/chat/completions -H 'content-type: application/json' -d '{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
 target/release/llm-router --config "$CONFIG" -c conf/pingora.yaml "$@" &
 router=$!
-pids+=("$router")
 wait "$router"
