@@ -523,3 +523,141 @@ async fn health_turns_503_when_draining_while_requests_still_work() {
         200
     );
 }
+
+/// Reads from a raw socket until `needle` shows up (or 2 s pass).
+async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !String::from_utf8_lossy(&got).contains(needle) && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_by_the_router() {
+    use tokio::io::AsyncWriteExt;
+    let m = MockVllm::start("m").await;
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}router:\n  max_body_bytes: 100000\n",
+        llm("m", "org/M", &[("m1", m.port())])
+    ))
+    .await;
+    let body = chat("m", false);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", r.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let t0 = Instant::now();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let got = read_until(&mut s, "\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 100"), "{got:?}");
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    s.write_all(body.as_bytes()).await.unwrap();
+    let got = read_until(&mut s, "org/M").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(
+        m.last_headers().get("expect").is_none(),
+        "Expect is not forwarded"
+    );
+
+    // Over the limit: refused at once, without waiting for the body.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", r.port))
+        .await
+        .unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\nexpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until(&mut s, "request_too_large").await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_fails_over() {
+    // A listener whose accept queue is full: further SYNs are dropped, so connecting to it
+    // times out (rather than being refused).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = sock.listen(0).unwrap();
+    let full_port = full.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(("127.0.0.1", full_port)),
+        )
+        .await
+        {
+            fillers.push(c);
+        }
+    }
+    let live = MockVllm::start("live").await;
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}router:\n  connect_timeout_s: 0.3\n",
+        llm("m", "org/M", &[("stuck", full_port), ("live", live.port())])
+    ))
+    .await;
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        let resp = post(&r, "/v1/chat/completions", chat("m", false)).await;
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(live.requests(), 3);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(r.log_text().contains("stuck"), "{}", r.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_resent_after_the_engine_started_answering() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Instance 0 starts an SSE answer, sends one event and dies.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cut_port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nf\r\ndata: {\"a\":1}\n\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    let other = MockVllm::start("other").await;
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}",
+        llm("m", "org/M", &[("cut", cut_port), ("other", other.port())])
+    ))
+    .await;
+    // Ties rotate from instance 0, so the first request goes to `cut`.
+    let resp = post(&r, "/v1/chat/completions", chat("m", true)).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: {\"a\":1}"));
+    // The cut must surface as an error, not as a clean end of stream.
+    let mut ended_with_error = false;
+    while let Some(c) = stream.next().await {
+        if c.is_err() {
+            ended_with_error = true;
+        }
+    }
+    assert!(ended_with_error, "truncated stream looked complete");
+    assert_eq!(
+        other.requests(),
+        0,
+        "request was re-sent after the engine answered"
+    );
+}

@@ -50,6 +50,9 @@ pub struct Outcome {
     /// Instances given up on before the one that answered, with why.
     pub failovers: Vec<String>,
     pub client_gone: bool,
+    /// The engine's answer broke off mid-body: the client's connection must be dropped
+    /// without a clean end, so it sees the truncation.
+    pub upstream_cut: bool,
     pub ttfb: Option<Duration>,
 }
 
@@ -238,10 +241,10 @@ impl Forwarder {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    // Too late for an error response: cut the client's connection so it
-                    // sees a truncated body rather than a clean (wrong) end.
+                    // Too late for an error response: the caller drops the client's
+                    // connection so it sees a truncated body, not a clean (wrong) end.
                     warn!(instance = %inst.id, error = %e, "engine response cut mid-body");
-                    session.set_keepalive(None);
+                    out.upstream_cut = true;
                     return Ok(());
                 }
             }

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use serde_json::json;
 use tracing::{info, warn};
@@ -168,6 +168,19 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError>
     if announced.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
+    // curl and others wait (1 s) for a 100 Continue before sending a body; the engine
+    // never sees `Expect` (we hold the whole body before choosing it).
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("client gone: {e}")))?;
+    }
     let mut buf = BytesMut::with_capacity(announced.unwrap_or(0) as usize);
     loop {
         match session.read_request_body().await {
@@ -186,6 +199,13 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError>
             }
         }
     }
+}
+
+/// Whether the client already has a (final) response header: a 100 Continue does not count.
+fn response_started(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|h| !h.status.is_informational())
 }
 
 /// Writes a complete JSON response; a client that is gone by now is not an error.
@@ -234,12 +254,36 @@ impl ProxyHttp for Router {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = Some(Instant::now());
         if let Err(e) = self.handle(session, ctx).await {
-            if session.response_written().is_none() {
+            if !response_started(session) {
                 write_error(session, &e).await;
             }
             ctx.error = Some(e);
         }
+        if ctx.outcome.upstream_cut {
+            // An error (not Ok) makes Pingora drop the connection instead of finishing the
+            // body cleanly; `fail_to_proxy` below writes nothing more.
+            return Err(
+                Error::explain(ErrorType::ReadError, "engine response cut mid-body").into_up(),
+            );
+        }
         Ok(true)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _: &mut RequestCtx,
+    ) -> FailToProxy {
+        let started = response_started(session);
+        if !started {
+            // Not expected (request_filter answers its own errors), but never plain text.
+            write_error(session, &ApiError::bad_gateway(format!("proxy error: {e}"))).await;
+        }
+        FailToProxy {
+            error_code: if started { 0 } else { 502 },
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
