@@ -38,6 +38,18 @@ async fn expect_error(resp: reqwest::Response, status: u16) -> Value {
     e
 }
 
+/// A mock engine and a router serving it as model `m` (engine name `org/M`); `extra` is
+/// appended to the config (e.g. a `router:` section).
+async fn one_engine(extra: &str) -> (MockVllm, RouterProc) {
+    let m = MockVllm::start("m").await;
+    let yaml = format!(
+        "LLM_engines:\n{}{extra}",
+        llm("m", "org/M", &[("m1", m.port())])
+    );
+    let r = RouterProc::start(&yaml).await;
+    (m, r)
+}
+
 fn chat(model: &str, stream: bool) -> String {
     json!({"messages": [{"role": "user", "content": "hi"}], "model": model, "stream": stream, "max_tokens": 5})
         .to_string()
@@ -108,15 +120,10 @@ async fn five_mib_body_arrives_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_arrive_as_the_engine_emits_them() {
-    let m = MockVllm::start("m").await;
+    let (m, r) = one_engine("").await;
     m.set_sse(5, 200);
-    let r = RouterProc::start(&format!(
-        "LLM_engines:\n{}",
-        llm("s", "org/S", &[("m1", m.port())])
-    ))
-    .await;
     let t0 = Instant::now();
-    let resp = post(&r, "/v1/chat/completions", chat("s", true)).await;
+    let resp = post(&r, "/v1/chat/completions", chat("m", true)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
     assert!(resp.headers()["content-type"]
@@ -159,15 +166,10 @@ async fn within(limit: Duration, cond: impl Fn() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_aborts_the_upstream_stream() {
-    let m = MockVllm::start("m").await;
+    let (m, r) = one_engine("").await;
     m.set_sse(100, 100);
-    let r = RouterProc::start(&format!(
-        "LLM_engines:\n{}",
-        llm("s", "org/S", &[("m1", m.port())])
-    ))
-    .await;
     // Mid-stream: read one event, hang up.
-    let resp = post(&r, "/v1/chat/completions", chat("s", true)).await;
+    let resp = post(&r, "/v1/chat/completions", chat("m", true)).await;
     let mut body = resp.bytes_stream();
     body.next().await.unwrap().unwrap();
     drop(body);
@@ -186,7 +188,7 @@ async fn client_disconnect_aborts_the_upstream_stream() {
         .unwrap();
     let res = c
         .post(r.url("/v1/chat/completions"))
-        .body(chat("s", true))
+        .body(chat("m", true))
         .send()
         .await;
     assert!(res.is_err());
@@ -411,12 +413,7 @@ async fn concurrent_requests_spread_over_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_are_forwarded_minus_hop_by_hop() {
-    let m = MockVllm::start("m").await;
-    let r = RouterProc::start(&format!(
-        "LLM_engines:\n{}",
-        llm("m", "org/M", &[("m1", m.port())])
-    ))
-    .await;
+    let (m, r) = one_engine("").await;
     let resp = client()
         .post(r.url("/v1/chat/completions"))
         .header("authorization", "Bearer sk-test")
@@ -486,12 +483,7 @@ async fn local_endpoints_models_and_health() {
 async fn health_turns_503_when_draining_while_requests_still_work() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let m = MockVllm::start("m").await;
-    let r = RouterProc::start(&format!(
-        "LLM_engines:\n{}",
-        llm("m", "org/M", &[("m1", m.port())])
-    ))
-    .await;
+    let (m, r) = one_engine("").await;
     assert_eq!(
         client()
             .get(r.url("/health"))
@@ -544,12 +536,7 @@ async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_is_answered_by_the_router() {
     use tokio::io::AsyncWriteExt;
-    let m = MockVllm::start("m").await;
-    let r = RouterProc::start(&format!(
-        "LLM_engines:\n{}router:\n  max_body_bytes: 100000\n",
-        llm("m", "org/M", &[("m1", m.port())])
-    ))
-    .await;
+    let (m, r) = one_engine("router:\n  max_body_bytes: 100000\n").await;
     let body = chat("m", false);
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", r.port))
         .await
