@@ -8,4 +8,5 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod proxy;
+pub mod scrape;
 pub mod telemetry;
