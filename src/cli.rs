@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::proxy::drain::{DrainWatch, Draining};
 use crate::proxy::Router;
+use crate::scrape::service::Scraper;
 
 /// Exit code for a bad config file or bad arguments.
 pub const EXIT_CONFIG: i32 = 2;
@@ -122,12 +123,29 @@ fn run(cli: Cli, path: &Path) -> i32 {
             return 1;
         }
     };
+    // Build every model's selector now, so the first request finds its instances.
+    let init = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(router.registry().init()));
+    if let Err(e) = init {
+        error!("cannot initialise the balancer: {e}");
+        return 1;
+    }
+    let scraper = Scraper::new(router.registry(), &config.balancer);
+    let scrape_targets = scraper.target_count();
+    let health = router.registry().health_services();
     server.bootstrap();
     let phases = server.watch_execution_phase();
     server.add_service(background_service(
         "drain watch",
         DrainWatch::new(phases, draining),
     ));
+    server.add_service(background_service("metrics scraper", scraper));
+    for h in health {
+        server.add_service(h);
+    }
     let mut svc = http_proxy_service(&server.configuration, router);
     let listen = config.router.listen.to_string();
     svc.add_tcp(&listen);
@@ -136,6 +154,7 @@ fn run(cli: Cli, path: &Path) -> i32 {
     info!(
         listen = %listen,
         models = config.models.len(),
+        scrape_targets,
         config = %path.display(),
         "llm-router listening"
     );

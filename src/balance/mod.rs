@@ -1,24 +1,41 @@
-//! Instance registry and the choice of an instance for a request.
+//! Instances, their live load and health, and the choice of an instance per request.
 //!
-//! The choice itself is [`select`], a pure function over a snapshot of the instances'
-//! loads so that it can be unit- and property-tested without sockets. The registry holds
-//! the live per-instance counters; [`InFlightGuard`] keeps the router's own in-flight count
-//! exact by decrementing on drop, which is tied to the end of the streamed response body,
-//! a client hang-up or a failed attempt, whichever comes first.
+//! - [`select`]: the pure choice (score, tiers, policies) over a snapshot.
+//! - [`stats`]: lock-free per-instance state (in-flight, engine load, cooldown, health).
+//! - [`lb`]: the `pingora-load-balancing` integration (one `LoadBalancer` per model).
+//!
+//! [`InFlightGuard`] keeps the router's own in-flight count exact: it is released on drop,
+//! which is tied to the end of the streamed response body, a client hang-up or a failed
+//! attempt, whichever comes first.
 
+pub mod lb;
+pub mod select;
+pub mod stats;
+
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
+use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
+use pingora::services::background::GenBackgroundService;
 use pingora::upstreams::peer::HttpPeer;
+use serde::Serialize;
+use tracing::{info, warn};
 
-use crate::config::{Config, ModelConfig, ModelKind, RouterOptions};
+use crate::config::{BalancerOptions, Config, ModelConfig, ModelKind, RouterOptions};
+use crate::scrape::dialect::Engine;
+use lb::ScoreSelection;
+use select::{score, stable_hash};
+use stats::{now_ms, InstanceStats, Snapshot, State};
 
-/// One upstream server, with the live counters the balancer reads.
+/// One upstream server, with the live state the balancer reads.
 #[derive(Debug)]
 pub struct Instance {
     pub id: String,
+    /// Position in its model's instance list (config order).
+    pub index: usize,
+    pub id_hash: u64,
     pub model: String,
     /// `http://host:port`, for logs and the instances endpoint.
     pub url: String,
@@ -26,19 +43,58 @@ pub struct Instance {
     pub authority: String,
     /// The resolved address with connect/pool options; built once, reused by every request.
     pub peer: HttpPeer,
-    in_flight: AtomicUsize,
+    pub stats: InstanceStats,
+    opts: Arc<BalancerOptions>,
 }
 
 impl Instance {
-    /// Requests the router currently has open to this instance.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
     /// Counts a request against this instance until the guard is dropped.
     pub fn acquire(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.stats.inc_in_flight();
         InFlightGuard(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.stats.in_flight()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.stats.snapshot(now_ms(), self.opts.stale_after)
+    }
+
+    pub fn score(&self, s: &Snapshot) -> f64 {
+        score(&self.opts.weights, s.load(), s.in_flight)
+    }
+
+    /// A passive or active failure: cooldown (logged once per state change).
+    pub fn record_failure(&self, why: &str) {
+        let cd = self.stats.record_failure(&self.opts, now_ms());
+        let s = self.snapshot();
+        if self.stats.note_state(s.state).is_some() {
+            warn!(model = %self.model, instance = %self.id, url = %self.url, reason = %why,
+                cooldown_s = cd.as_secs_f64(), failures = s.failures, "instance state: cooldown");
+        }
+    }
+
+    /// A successful exchange ends a cooldown.
+    pub fn record_success(&self) {
+        self.stats.record_success();
+    }
+
+    /// Logs the instance's state if it changed since it was last logged.
+    pub fn log_state_change(&self, s: &Snapshot) {
+        if let Some(prev) = self.stats.note_state(s.state) {
+            let prev = prev
+                .map(|p| format!("{p:?}").to_lowercase())
+                .unwrap_or_default();
+            match s.state {
+                State::Healthy => {
+                    info!(model = %self.model, instance = %self.id, from = %prev, "instance state: healthy")
+                }
+                other => warn!(model = %self.model, instance = %self.id, from = %prev,
+                    state = ?other, failures = s.failures, "instance state changed"),
+            }
+        }
     }
 }
 
@@ -54,44 +110,54 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.stats.dec_in_flight();
     }
 }
 
-/// A model as clients name it, with its instances.
-#[derive(Debug)]
+/// A model as clients name it, with its instances and their load balancer.
 pub struct Model {
     pub name: String,
     pub kind: ModelKind,
     /// What the engine calls the model; the request's `model` is rewritten to it.
     pub served_name: String,
+    pub engine: Option<Engine>,
+    pub opts: Arc<BalancerOptions>,
     pub instances: Vec<Arc<Instance>>,
-    /// Rotates the starting point among equally loaded instances.
-    cursor: AtomicUsize,
+    pub lb: Arc<LoadBalancer<ScoreSelection>>,
 }
 
 impl Model {
-    /// Picks the least-loaded instance not yet `tried` for this request.
-    pub fn pick(&self, tried: &[bool]) -> Option<usize> {
-        let loads: Vec<usize> = self.instances.iter().map(|i| i.in_flight()).collect();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        select(&loads, tried, start)
+    /// The best instance not in `tried` (indices), per the model's policy; `key` is the
+    /// session-affinity key (empty: none).
+    pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<Arc<Instance>> {
+        self.lb
+            .select_with(key, self.instances.len(), |b, _health| {
+                // Health is already part of the ranking (fail open); only skip the tried.
+                b.ext
+                    .get::<Arc<Instance>>()
+                    .is_some_and(|i| !tried.contains(&i.index))
+            })
+            .and_then(|b| b.ext.get::<Arc<Instance>>().cloned())
     }
 }
 
-/// The index of the lowest load among instances not excluded; among equal loads the first
-/// one at or after `start` (mod n) wins, so ties rotate between successive calls.
-///
-/// Pure: the same inputs always give the same answer.
-pub fn select(loads: &[usize], excluded: &[bool], start: usize) -> Option<usize> {
-    let n = loads.len();
-    if n == 0 {
-        return None;
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
-    (0..n)
-        .map(|k| (start.wrapping_add(k)) % n)
-        .filter(|&i| !excluded.get(i).copied().unwrap_or(false))
-        .min_by_key(|&i| loads[i])
+}
+
+/// One row of `GET /v1/router/instances`.
+#[derive(Debug, Serialize)]
+pub struct InstanceView<'a> {
+    pub model: &'a str,
+    pub id: &'a str,
+    pub url: &'a str,
+    pub score: f64,
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
 }
 
 /// Every model of the config, by client-facing name, plus aliases (`model_tag`).
@@ -137,31 +203,86 @@ impl Registry {
     pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
         self.models.values()
     }
+
+    /// Builds every model's selector (the load balancers' first discovery pass) so that
+    /// requests can be served before the background services run.
+    pub async fn init(&self) -> Result<(), String> {
+        for m in self.models.values() {
+            m.lb.update()
+                .await
+                .map_err(|e| format!("model {}: {e}", m.name))?;
+        }
+        Ok(())
+    }
+
+    /// One background service per model: its `/health` checks.
+    pub fn health_services(&self) -> Vec<GenBackgroundService<LoadBalancer<ScoreSelection>>> {
+        self.models
+            .values()
+            .map(|m| GenBackgroundService::new(format!("BG health {}", m.name), m.lb.clone()))
+            .collect()
+    }
+
+    /// Every instance with its live state, for `GET /v1/router/instances`.
+    pub fn views(&self) -> Vec<InstanceView<'_>> {
+        self.models
+            .values()
+            .flat_map(|m| m.instances.iter())
+            .map(|i| {
+                let snapshot = i.snapshot();
+                InstanceView {
+                    model: &i.model,
+                    id: &i.id,
+                    url: &i.url,
+                    score: i.score(&snapshot),
+                    snapshot,
+                }
+            })
+            .collect()
+    }
 }
 
-fn build_model(m: &ModelConfig, opts: &RouterOptions) -> Result<Model, String> {
+fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String> {
+    let opts = Arc::new(m.balancer.clone());
     let mut instances = Vec::new();
-    for i in &m.instances {
+    let mut backends = BTreeSet::new();
+    for (index, i) in m.instances.iter().enumerate() {
         let addr = resolve(&i.host, i.port)?;
         let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(opts.connect_timeout);
-        peer.options.total_connection_timeout = Some(opts.connect_timeout);
-        peer.options.idle_timeout = Some(opts.pool_idle_timeout);
-        instances.push(Arc::new(Instance {
+        peer.options.connection_timeout = Some(router.connect_timeout);
+        peer.options.total_connection_timeout = Some(router.connect_timeout);
+        peer.options.idle_timeout = Some(router.pool_idle_timeout);
+        let inst = Arc::new(Instance {
             id: i.id.clone(),
+            index,
+            id_hash: stable_hash(i.id.as_bytes()),
             model: m.name.clone(),
             url: i.url(),
             authority: format!("{}:{}", i.host, i.port),
             peer,
-            in_flight: AtomicUsize::new(0),
-        }));
+            stats: InstanceStats::default(),
+            opts: opts.clone(),
+        });
+        let mut b = Backend::new(&addr.to_string()).map_err(|e| e.to_string())?;
+        b.ext.insert(inst.clone());
+        backends.insert(b);
+        instances.push(inst);
     }
+    let mut lb = LoadBalancer::<ScoreSelection>::from_backends_with_config(
+        Backends::new(discovery::Static::new(backends)),
+        Some((*opts).clone()),
+    );
+    lb.set_health_check(lb::health_check(&opts));
+    lb.health_check_frequency = Some(opts.health_check_interval);
+    lb.parallel_health_check = true;
     Ok(Model {
         name: m.name.clone(),
         kind: m.kind,
         served_name: m.served_name.clone(),
+        engine: m.engine,
+        opts,
         instances,
-        cursor: AtomicUsize::new(0),
+        lb: Arc::new(lb),
     })
 }
 
@@ -183,54 +304,23 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
-    #[test]
-    fn lowest_load_wins() {
-        assert_eq!(select(&[3, 1, 2], &[false; 3], 0), Some(1));
-    }
-
-    #[test]
-    fn ties_rotate_with_start() {
-        let loads = [0, 0, 0];
-        let picks: Vec<_> = (0..6)
-            .map(|s| select(&loads, &[false; 3], s).unwrap())
-            .collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-    }
-
-    #[test]
-    fn excluded_are_skipped_and_all_excluded_is_none() {
-        assert_eq!(select(&[0, 5], &[true, false], 0), Some(1));
-        assert_eq!(select(&[0, 5], &[true, true], 0), None);
-        assert_eq!(select(&[], &[], 0), None);
-    }
-
-    proptest! {
-        #[test]
-        fn picks_a_minimal_non_excluded(loads in proptest::collection::vec(0usize..10, 0..8),
-                                        mask in proptest::collection::vec(any::<bool>(), 8),
-                                        start in any::<usize>()) {
-            let excl = &mask[..loads.len()];
-            match select(&loads, excl, start) {
-                None => prop_assert!(excl.iter().all(|&e| e)),
-                Some(i) => {
-                    prop_assert!(!excl[i]);
-                    let min = loads.iter().zip(excl).filter(|(_, &e)| !e).map(|(l, _)| *l).min().unwrap();
-                    prop_assert_eq!(loads[i], min);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn guard_counts_in_flight() {
-        let cfg = Config::from_yaml_str(
-            "LLM_engines:\n  m:\n    instances: [{id: a, host: 127.0.0.1, port: 1}]\n    model_config: {model_tag: t}\n",
-            std::path::Path::new("t.yaml"),
-        )
-        .unwrap();
+    fn registry(yaml: &str) -> Registry {
+        let cfg = Config::from_yaml_str(yaml, std::path::Path::new("t.yaml")).unwrap();
         let reg = Registry::new(&cfg).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(reg.init())
+            .unwrap();
+        reg
+    }
+
+    const THREE: &str = "LLM_engines:\n  m:\n    instances:\n      - {id: a, host: 127.0.0.1, port: 1}\n      - {id: b, host: 127.0.0.1, port: 2}\n      - {id: c, host: 127.0.0.1, port: 3}\n    model_config: {model_tag: t}\n";
+
+    #[test]
+    fn guard_counts_in_flight_and_alias_works() {
+        let reg = registry(THREE);
         let inst = &reg.get("m").unwrap().instances[0];
         let g1 = inst.acquire();
         let g2 = inst.acquire();
@@ -240,5 +330,31 @@ mod tests {
         drop(g2);
         assert_eq!(inst.in_flight(), 0);
         assert!(reg.get("t").is_some(), "model_tag is an alias");
+    }
+
+    #[test]
+    fn pick_goes_through_the_load_balancer_by_score() {
+        let reg = registry(THREE);
+        let m = reg.get("m").unwrap();
+        let now = now_ms();
+        let load = |w: f64| select::LoadInputs {
+            waiting: w,
+            running: 0.0,
+            kv_usage: 0.0,
+        };
+        m.instances[0].stats.record_load(load(5.0), None, now);
+        m.instances[1].stats.record_load(load(1.0), None, now);
+        m.instances[2].stats.record_load(load(3.0), None, now);
+        assert_eq!(m.pick(b"", &[]).unwrap().id, "b");
+        assert_eq!(m.pick(b"", &[1]).unwrap().id, "c");
+        assert_eq!(m.pick(b"", &[1, 2]).unwrap().id, "a");
+        assert!(m.pick(b"", &[0, 1, 2]).is_none());
+        // In-flight counts between scrapes.
+        // b: 10*1 + 5*5 = 35 > c: 10*3 = 30.
+        let _g: Vec<_> = (0..5).map(|_| m.instances[1].acquire()).collect();
+        assert_eq!(m.pick(b"", &[]).unwrap().id, "c");
+        // A cooling-down instance is skipped while another is healthy.
+        m.instances[2].record_failure("test");
+        assert_eq!(m.pick(b"", &[]).unwrap().id, "b");
     }
 }

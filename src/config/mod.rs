@@ -68,6 +68,97 @@ impl Default for RouterOptions {
     }
 }
 
+/// How an instance is chosen among a model's healthy instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Lowest load score (default).
+    #[default]
+    LeastLoad,
+    RoundRobin,
+    /// Two random candidates, the lower score wins.
+    PowerOfTwo,
+    /// A consistent hash of a key keeps a conversation on the instance holding its
+    /// prefix cache; least-load when that instance is unhealthy or too loaded.
+    SessionAffinity,
+}
+
+/// Where the session-affinity key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityKey {
+    /// A request header (lower-case name), e.g. `x-session-id`.
+    Header(String),
+    /// The body's `user` field (OpenAI's end-user id).
+    BodyUser,
+}
+
+/// `score = waiting*w + running*w + kv_usage*w + in_flight*w`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Weights {
+    pub waiting: f64,
+    pub running: f64,
+    pub kv_cache: f64,
+    pub in_flight: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            waiting: 10.0,
+            running: 3.0,
+            kv_cache: 100.0,
+            in_flight: 5.0,
+        }
+    }
+}
+
+/// The `balancer:` settings, resolved (global values, overridden per model).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BalancerOptions {
+    pub policy: Policy,
+    pub weights: Weights,
+    /// How often every instance's `/metrics` is polled (global). Default 1 s.
+    #[serde(with = "secs", rename = "poll_interval_s")]
+    pub poll_interval: Duration,
+    /// Per scrape. Default 2 s.
+    #[serde(with = "secs", rename = "scrape_timeout_s")]
+    pub scrape_timeout: Duration,
+    /// Metrics older than this count as unknown. Default 3 poll intervals.
+    #[serde(with = "secs", rename = "stale_after_s")]
+    pub stale_after: Duration,
+    /// `GET /health` period. Default: the poll interval.
+    #[serde(with = "secs", rename = "health_check_interval_s")]
+    pub health_check_interval: Duration,
+    /// First cooldown after a failure; doubles on each further failure. Default 10 s.
+    #[serde(with = "secs", rename = "cooldown_s")]
+    pub cooldown: Duration,
+    /// Cap of the doubling. Default 120 s.
+    #[serde(with = "secs", rename = "cooldown_max_s")]
+    pub cooldown_max: Duration,
+    /// Session-affinity key; default header `x-session-id`.
+    pub affinity_key: AffinityKey,
+    /// Above this score the affine instance is skipped for least-load. Default 200.
+    pub affinity_max_score: f64,
+}
+
+impl Default for BalancerOptions {
+    fn default() -> Self {
+        BalancerOptions {
+            policy: Policy::LeastLoad,
+            weights: Weights::default(),
+            poll_interval: Duration::from_secs(1),
+            scrape_timeout: Duration::from_secs(2),
+            stale_after: Duration::from_secs(3),
+            health_check_interval: Duration::from_secs(1),
+            cooldown: Duration::from_secs(10),
+            cooldown_max: Duration::from_secs(120),
+            affinity_key: AffinityKey::Header("x-session-id".into()),
+            affinity_max_score: 200.0,
+        }
+    }
+}
+
 /// What a model serves: decides which endpoints make sense for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +208,10 @@ pub struct ModelConfig {
     /// Further engine flags from `model_config` (open map, kept in file order).
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub engine_flags: IndexMap<String, serde_yaml::Value>,
+    /// Metrics dialect, when set in the config (else detected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::scrape::dialect::Engine>,
+    pub balancer: BalancerOptions,
     /// Files and options of an embedding/rerank model (served by the embedding server).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embed: Option<EmbedModelSettings>,
@@ -143,6 +238,8 @@ pub struct Config {
     #[serde(skip)]
     pub source: PathBuf,
     pub router: RouterOptions,
+    /// Global balancer settings (scraping cadence; per-model values live in each model).
+    pub balancer: BalancerOptions,
     pub models: Vec<ModelConfig>,
     /// Problems worth a warning but not a refusal (unknown keys).
     #[serde(skip)]

@@ -19,6 +19,8 @@ pub struct RawFile {
     pub embedding_server: Option<RawEmbeddingServer>,
     #[serde(default)]
     pub router: RawRouter,
+    #[serde(default)]
+    pub balancer: RawBalancer,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }
@@ -32,6 +34,11 @@ pub struct RawLlmModel {
     /// (e.g. vLLM started with `--served-model-name`).
     #[serde(default)]
     pub served_model_name: Option<String>,
+    /// Metrics dialect; detected from the `/metrics` page when absent.
+    #[serde(default)]
+    pub engine: Option<crate::scrape::dialect::Engine>,
+    #[serde(default)]
+    pub balancer: Option<RawBalancer>,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }
@@ -117,4 +124,30 @@ pub struct RawRouter {
     pub max_body_bytes: Option<u64>,
     pub max_attempts: Option<usize>,
     pub retry_after_s: Option<u64>,
+}
+
+/// `balancer:` (global) and `LLM_engines.<model>.balancer:` (per model, overriding the
+/// global values key by key). Every key is ours: typos are errors.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBalancer {
+    pub policy: Option<super::Policy>,
+    pub weights: Option<RawWeights>,
+    pub poll_interval_s: Option<f64>,
+    pub scrape_timeout_s: Option<f64>,
+    pub stale_after_s: Option<f64>,
+    pub health_check_interval_s: Option<f64>,
+    pub cooldown_s: Option<f64>,
+    pub cooldown_max_s: Option<f64>,
+    pub affinity_key: Option<String>,
+    pub affinity_max_score: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeights {
+    pub waiting: Option<f64>,
+    pub running: Option<f64>,
+    pub kv_cache: Option<f64>,
+    pub in_flight: Option<f64>,
 }

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawCudaDevice, RawEmbeddingServer, RawFile, RawRouter};
+use super::raw::{RawBalancer, RawCudaDevice, RawEmbeddingServer, RawFile, RawRouter};
 use super::{
-    Config, ConfigError, ConfigErrors, CudaDevices, EmbedModelSettings, InstanceConfig,
-    ModelConfig, ModelKind, RouterOptions,
+    AffinityKey, BalancerOptions, Config, ConfigError, ConfigErrors, CudaDevices,
+    EmbedModelSettings, InstanceConfig, ModelConfig, ModelKind, RouterOptions,
 };
 
 /// YAML text to [`RawFile`]; syntax and type errors carry the key path and line/column.
@@ -87,10 +87,18 @@ impl Checker<'_> {
             None => default,
             Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
             Some(s) => {
-                self.err(
-                    format!("router.{key}"),
-                    format!("{s} is not a positive number of seconds"),
-                );
+                self.err(key, format!("{s} is not a positive number of seconds"));
+                default
+            }
+        }
+    }
+
+    fn weight(&mut self, key: String, v: Option<f64>, default: f64) -> f64 {
+        match v {
+            None => default,
+            Some(w) if w.is_finite() && w >= 0.0 => w,
+            Some(w) => {
+                self.err(key, format!("{w} is not a weight (a number >= 0)"));
                 default
             }
         }
@@ -111,6 +119,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
     }
 
     let router = resolve_router(&mut c, raw.router);
+    let balancer = resolve_balancer(&mut c, "balancer", &raw.balancer, &RawBalancer::default());
     let mut models = Vec::new();
 
     for (name, m) in raw.llm_engines {
@@ -157,8 +166,31 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
                 cuda_device,
             });
         }
+        let model_balancer = match &m.balancer {
+            None => balancer.clone(),
+            Some(own) => {
+                for (set, k) in [
+                    (own.poll_interval_s.is_some(), "poll_interval_s"),
+                    (own.scrape_timeout_s.is_some(), "scrape_timeout_s"),
+                    (
+                        own.health_check_interval_s.is_some(),
+                        "health_check_interval_s",
+                    ),
+                ] {
+                    if set {
+                        c.err(
+                            format!("{base}.balancer.{k}"),
+                            "can only be set in the global `balancer:` section",
+                        );
+                    }
+                }
+                resolve_balancer(&mut c, &format!("{base}.balancer"), own, &raw.balancer)
+            }
+        };
         let tag = m.model_config.model_tag;
         models.push(ModelConfig {
+            engine: m.engine,
+            balancer: model_balancer,
             served_name: m.served_model_name.unwrap_or_else(|| tag.clone()),
             name,
             kind: ModelKind::Llm,
@@ -170,7 +202,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
     }
 
     if let Some(es) = raw.embedding_server {
-        resolve_embedding(&mut c, es, &mut models, &mut warnings);
+        resolve_embedding(&mut c, es, &balancer, &mut models, &mut warnings);
     }
 
     if models.is_empty() {
@@ -185,11 +217,115 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         Ok(Config {
             source: file.to_path_buf(),
             router,
+            balancer,
             models,
             warnings,
         })
     } else {
         Err(ConfigErrors(c.errors))
+    }
+}
+
+/// Resolves `own` (falling back key by key to `parent`, then to the defaults).
+fn resolve_balancer(
+    c: &mut Checker<'_>,
+    base: &str,
+    own: &RawBalancer,
+    parent: &RawBalancer,
+) -> BalancerOptions {
+    let d = BalancerOptions::default();
+    let pick = |a: Option<f64>, b: Option<f64>| a.or(b);
+    let (ow, pw) = (
+        own.weights.clone().unwrap_or_default(),
+        parent.weights.clone().unwrap_or_default(),
+    );
+    let weights = super::Weights {
+        waiting: c.weight(
+            format!("{base}.weights.waiting"),
+            pick(ow.waiting, pw.waiting),
+            d.weights.waiting,
+        ),
+        running: c.weight(
+            format!("{base}.weights.running"),
+            pick(ow.running, pw.running),
+            d.weights.running,
+        ),
+        kv_cache: c.weight(
+            format!("{base}.weights.kv_cache"),
+            pick(ow.kv_cache, pw.kv_cache),
+            d.weights.kv_cache,
+        ),
+        in_flight: c.weight(
+            format!("{base}.weights.in_flight"),
+            pick(ow.in_flight, pw.in_flight),
+            d.weights.in_flight,
+        ),
+    };
+    let poll_interval = c.secs(
+        &format!("{base}.poll_interval_s"),
+        pick(own.poll_interval_s, parent.poll_interval_s),
+        d.poll_interval,
+    );
+    let stale_default = poll_interval * 3;
+    let cooldown = c.secs(
+        &format!("{base}.cooldown_s"),
+        pick(own.cooldown_s, parent.cooldown_s),
+        d.cooldown,
+    );
+    let cooldown_max = c.secs(
+        &format!("{base}.cooldown_max_s"),
+        pick(own.cooldown_max_s, parent.cooldown_max_s),
+        d.cooldown_max.max(cooldown),
+    );
+    if cooldown_max < cooldown {
+        c.err(
+            format!("{base}.cooldown_max_s"),
+            "must not be below cooldown_s",
+        );
+    }
+    let affinity_key = match own.affinity_key.as_ref().or(parent.affinity_key.as_ref()) {
+        None => d.affinity_key.clone(),
+        Some(k) => match k.split_once(':') {
+            Some(("header", h)) if http::HeaderName::from_bytes(h.trim().as_bytes()).is_ok() => {
+                AffinityKey::Header(h.trim().to_ascii_lowercase())
+            }
+            Some(("body", "user")) => AffinityKey::BodyUser,
+            _ => {
+                c.err(
+                    format!("{base}.affinity_key"),
+                    format!("`{k}` is neither `header:NAME` nor `body:user`"),
+                );
+                d.affinity_key.clone()
+            }
+        },
+    };
+    BalancerOptions {
+        policy: own.policy.or(parent.policy).unwrap_or(d.policy),
+        weights,
+        poll_interval,
+        scrape_timeout: c.secs(
+            &format!("{base}.scrape_timeout_s"),
+            pick(own.scrape_timeout_s, parent.scrape_timeout_s),
+            d.scrape_timeout,
+        ),
+        stale_after: c.secs(
+            &format!("{base}.stale_after_s"),
+            pick(own.stale_after_s, parent.stale_after_s),
+            stale_default,
+        ),
+        health_check_interval: c.secs(
+            &format!("{base}.health_check_interval_s"),
+            pick(own.health_check_interval_s, parent.health_check_interval_s),
+            poll_interval,
+        ),
+        cooldown,
+        cooldown_max,
+        affinity_key,
+        affinity_max_score: c.weight(
+            format!("{base}.affinity_max_score"),
+            pick(own.affinity_max_score, parent.affinity_max_score),
+            d.affinity_max_score,
+        ),
     }
 }
 
@@ -220,7 +356,11 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
     RouterOptions {
         listen,
         threads: r.threads.unwrap_or(d.threads).max(1),
-        connect_timeout: c.secs("connect_timeout_s", r.connect_timeout_s, d.connect_timeout),
+        connect_timeout: c.secs(
+            "router.connect_timeout_s",
+            r.connect_timeout_s,
+            d.connect_timeout,
+        ),
         first_byte_timeout: c.secs(
             "first_byte_timeout_s",
             r.first_byte_timeout_s,
@@ -247,6 +387,7 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
 fn resolve_embedding(
     c: &mut Checker<'_>,
     es: RawEmbeddingServer,
+    balancer: &BalancerOptions,
     models: &mut Vec<ModelConfig>,
     warnings: &mut Vec<String>,
 ) {
@@ -275,6 +416,8 @@ fn resolve_embedding(
                 );
             }
             models.push(ModelConfig {
+                engine: None,
+                balancer: balancer.clone(),
                 served_name: name.clone(),
                 instances: vec![InstanceConfig {
                     id: format!("embed:{name}"),

@@ -17,6 +17,8 @@ pub struct RequestInfo {
     /// Byte range of `model`'s JSON string (quotes included) inside the body.
     pub model_span: (usize, usize),
     pub stream: bool,
+    /// OpenAI's end-user id, a possible session-affinity key.
+    pub user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -25,6 +27,8 @@ struct Probe<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<serde_json::Value>,
+    #[serde(default)]
+    user: Option<serde_json::Value>,
 }
 
 /// Validates `body` as one JSON object and extracts `model` (and `stream`).
@@ -77,6 +81,7 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
         model,
         model_span: (start, end),
         stream,
+        user: probe.user.and_then(|u| u.as_str().map(str::to_string)),
     })
 }
 

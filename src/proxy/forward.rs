@@ -85,35 +85,39 @@ impl Forwarder {
         session: &mut Session,
         model: &Model,
         body: Bytes,
+        affinity_key: &[u8],
         out: &mut Outcome,
     ) -> Result<(), ApiError> {
         let header = upstream_header(session.req_header(), body.len())?;
         let n = model.instances.len();
         let max_attempts = self.opts.max_attempts.unwrap_or(n).min(n);
-        let mut tried = vec![false; n];
+        let mut tried = Vec::with_capacity(2);
         let started = Instant::now();
         for _ in 0..max_attempts {
-            let Some(idx) = model.pick(&tried) else { break };
-            tried[idx] = true;
-            let guard = model.instances[idx].acquire();
+            let Some(inst) = model.pick(affinity_key, &tried) else {
+                break;
+            };
+            tried.push(inst.index);
+            let guard = inst.acquire();
             match self.attempt(session, &guard, &header, &body).await {
                 Ok(up) => {
-                    out.instance = Some(guard.instance().id.clone());
+                    out.instance = Some(inst.id.clone());
                     out.ttfb = Some(started.elapsed());
                     return self.relay(session, up, guard, out).await;
                 }
                 Err(AttemptError::Retry(why)) => {
-                    let inst = guard.instance();
                     warn!(model = %model.name, instance = %inst.id, url = %inst.url, reason = %why,
                         "upstream attempt failed before the engine answered; failing over");
+                    inst.record_failure(&why);
                     out.failovers.push(format!("{}: {why}", inst.id));
                 }
                 Err(AttemptError::Fatal(e)) => {
-                    out.instance = Some(guard.instance().id.clone());
+                    out.instance = Some(inst.id.clone());
+                    inst.record_failure(&e.message);
                     return Err(e);
                 }
                 Err(AttemptError::ClientGone) => {
-                    out.instance = Some(guard.instance().id.clone());
+                    out.instance = Some(inst.id.clone());
                     out.client_gone = true;
                     return Ok(());
                 }
@@ -197,6 +201,10 @@ impl Forwarder {
             return Err(ApiError::bad_gateway("engine sent no response header"));
         };
         out.status = Some(resp.status.as_u16());
+        // A 5xx is the engine failing (4xx is the client's doing).
+        if resp.status.is_server_error() {
+            inst.record_failure(&format!("answered {}", resp.status));
+        }
         let down = downstream_header(resp);
         let no_body = up.response_done();
         if session
@@ -244,6 +252,7 @@ impl Forwarder {
                     // Too late for an error response: the caller drops the client's
                     // connection so it sees a truncated body, not a clean (wrong) end.
                     warn!(instance = %inst.id, error = %e, "engine response cut mid-body");
+                    inst.record_failure("response cut mid-body");
                     out.upstream_cut = true;
                     return Ok(());
                 }
@@ -251,6 +260,9 @@ impl Forwarder {
         }
         if !ended && session.write_response_body(None, true).await.is_err() {
             out.client_gone = true;
+        }
+        if out.status.is_some_and(|s| s < 500) {
+            inst.record_success();
         }
         self.connector
             .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))

@@ -22,8 +22,8 @@ use pingora::{Error, ErrorType, Result};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::balance::Registry;
-use crate::config::{Config, ModelKind};
+use crate::balance::{Model, Registry};
+use crate::config::{AffinityKey, Config, ModelKind, Policy};
 use error::ApiError;
 use forward::{Forwarder, Outcome};
 use routes::Route;
@@ -95,6 +95,11 @@ impl Router {
                 write_json(session, 200, self.model_card(m).to_string().into()).await;
                 Ok(())
             }
+            Route::Instances => {
+                let body = json!({ "object": "list", "data": self.registry.views() });
+                write_json(session, 200, body.to_string().into()).await;
+                Ok(())
+            }
             Route::Inference(endpoint) => self.inference(session, ctx, endpoint).await,
         }
     }
@@ -124,9 +129,10 @@ impl Router {
             )
             .with_param("model"));
         }
+        let key = affinity_key(session, model, &info);
         let body = body::rewrite_model(&body, &info, &model.served_name);
         self.forwarder
-            .forward(session, model, body, &mut ctx.outcome)
+            .forward(session, model, body, key.as_bytes(), &mut ctx.outcome)
             .await
     }
 
@@ -135,7 +141,7 @@ impl Router {
         ApiError::model_not_found(name, &names)
     }
 
-    fn model_card(&self, m: &crate::balance::Model) -> serde_json::Value {
+    fn model_card(&self, m: &Model) -> serde_json::Value {
         json!({
             "id": m.name,
             "object": "model",
@@ -145,6 +151,23 @@ impl Router {
             "kind": m.kind,
             "instances": m.instances.len(),
         })
+    }
+}
+
+/// The session-affinity key of a request (empty: none, or the policy does not use one).
+fn affinity_key(session: &Session, model: &Model, info: &body::RequestInfo) -> String {
+    if model.opts.policy != Policy::SessionAffinity {
+        return String::new();
+    }
+    match &model.opts.affinity_key {
+        AffinityKey::Header(name) => session
+            .req_header()
+            .headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        AffinityKey::BodyUser => info.user.clone().unwrap_or_default(),
     }
 }
 

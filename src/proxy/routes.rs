@@ -39,6 +39,8 @@ pub enum Route {
     Health,
     Models,
     Model(String),
+    /// `GET /v1/router/instances`: live state of every instance.
+    Instances,
     Inference(Endpoint),
 }
 
@@ -53,6 +55,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let (route, allow) = match p {
         "/health" => (Route::Health, "GET, HEAD"),
         "/v1/models" => (Route::Models, "GET, HEAD"),
+        "/v1/router/instances" => (Route::Instances, "GET, HEAD"),
         "/v1/chat/completions" => (Route::Inference(Endpoint::ChatCompletions), "POST"),
         "/v1/completions" => (Route::Inference(Endpoint::Completions), "POST"),
         "/v1/embeddings" => (Route::Inference(Endpoint::Embeddings), "POST"),

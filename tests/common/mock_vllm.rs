@@ -47,7 +47,7 @@ pub struct MockState {
 pub struct MockVllm {
     pub addr: SocketAddr,
     pub state: Arc<MockState>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Arc<tokio::sync::Notify>,
 }
 
 impl MockVllm {
@@ -75,10 +75,14 @@ impl MockVllm {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { signal.notified().await })
+                .await;
         });
-        MockVllm { addr, state, task }
+        MockVllm { addr, state, stop }
     }
 
     pub fn port(&self) -> u16 {
@@ -137,15 +141,15 @@ impl MockVllm {
             .store((kv * 1000.0) as u64, Ordering::SeqCst);
     }
 
-    /// Stops accepting; established connections die with the task.
+    /// Stops listening and closes idle keep-alive connections (the port is then refused).
     pub fn stop(&self) {
-        self.task.abort();
+        self.stop.notify_one();
     }
 }
 
 impl Drop for MockVllm {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.notify_one();
     }
 }
 
