@@ -213,3 +213,64 @@ fn cuda_device_forms() {
     let e = errors(&ONE.replace("port: 8001}", "port: 8001, cuda_device: \"gpu\"}"));
     assert!(e[0].contains("cuda_device"), "{}", e[0]);
 }
+
+#[test]
+fn balancer_defaults_global_and_per_model_overrides() {
+    let yaml = format!(
+        "{ONE}  n:\n    instances: [{{id: b, host: localhost, port: 8002}}]\n    model_config: {{model_tag: org/n}}\n    engine: sglang\n    balancer:\n      policy: session_affinity\n      weights: {{kv_cache: 50}}\n\
+         balancer:\n  poll_interval_s: 0.5\n  weights: {{waiting: 20}}\n  affinity_key: body:user\n"
+    );
+    let c = load(&yaml).unwrap();
+    let m = &c.models[0];
+    assert_eq!(m.balancer.policy, Policy::LeastLoad);
+    assert_eq!(m.balancer.weights.waiting, 20.0);
+    assert_eq!(m.balancer.weights.kv_cache, 100.0);
+    assert_eq!(
+        m.balancer.poll_interval,
+        std::time::Duration::from_millis(500)
+    );
+    assert_eq!(
+        m.balancer.stale_after,
+        std::time::Duration::from_millis(1500),
+        "3 polls"
+    );
+    assert_eq!(m.balancer.cooldown, std::time::Duration::from_secs(10));
+    let n = &c.models[1];
+    assert_eq!(n.engine, Some(crate::scrape::dialect::Engine::Sglang));
+    assert_eq!(n.balancer.policy, Policy::SessionAffinity);
+    assert_eq!(n.balancer.weights.waiting, 20.0, "global value kept");
+    assert_eq!(n.balancer.weights.kv_cache, 50.0, "own value wins");
+    assert_eq!(n.balancer.affinity_key, AffinityKey::BodyUser);
+    assert_eq!(c.balancer.weights.running, 3.0);
+    assert_eq!(c.balancer.weights.in_flight, 5.0);
+}
+
+#[test]
+fn bad_balancer_values_are_errors() {
+    let e = errors(&format!("{ONE}balancer:\n  policy: fastest\n"));
+    assert!(
+        e[0].contains("balancer.policy") && e[0].contains("fastest"),
+        "{e:?}"
+    );
+    let e = errors(&format!(
+        "{ONE}balancer:\n  weights: {{waiting: -1}}\n  affinity_key: cookie:x\n  cooldown_s: 0\n"
+    ));
+    assert!(
+        e.iter().any(|m| m.contains("balancer.weights.waiting")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|m| m.contains("balancer.affinity_key")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|m| m.contains("balancer.cooldown_s")), "{e:?}");
+    let e = errors(&ONE.replace(
+        "model_config:",
+        "balancer: {poll_interval_s: 1}\n    model_config:",
+    ));
+    assert!(
+        e[0].contains("LLM_engines.m.balancer.poll_interval_s"),
+        "{e:?}"
+    );
+    assert!(e[0].contains("global"), "{e:?}");
+}
