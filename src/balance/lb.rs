@@ -20,7 +20,7 @@ use pingora::lb::Backend;
 use tracing::warn;
 
 use super::select::{mix, score, select, stable_hash, Candidate, Choice};
-use super::stats::now_ms;
+use super::stats::{now_ms, InstanceStats};
 use super::Instance;
 use crate::config::BalancerOptions;
 
@@ -28,7 +28,9 @@ use crate::config::BalancerOptions;
 /// stats at each selection.
 pub struct ScoreSelection {
     backends: Vec<Backend>,
-    instances: Vec<Arc<Instance>>,
+    /// The model's contiguous stats (config order) and instance id hashes.
+    stats: Arc<[InstanceStats]>,
+    id_hashes: Vec<u64>,
     opts: BalancerOptions,
     cursor: AtomicUsize,
     random: AtomicU64,
@@ -44,10 +46,16 @@ impl BackendSelection for ScoreSelection {
             .filter_map(|b| b.ext.get::<Arc<Instance>>().map(|i| (b.clone(), i.clone())))
             .collect();
         v.sort_by_key(|(_, i)| i.index);
-        let (backends, instances) = v.into_iter().unzip();
+        let stats = v
+            .first()
+            .map(|(_, i)| i.all_stats.clone())
+            .unwrap_or_else(|| Arc::from(Vec::new()));
+        let id_hashes = v.iter().map(|(_, i)| i.id_hash).collect();
+        let backends = v.into_iter().map(|(b, _)| b).collect();
         ScoreSelection {
             backends,
-            instances,
+            stats,
+            id_hashes,
             opts: opts.clone(),
             cursor: AtomicUsize::new(0),
             random: AtomicU64::new(0),
@@ -89,16 +97,18 @@ impl BackendIter for ScoreIter {
         if self.cands.is_empty() {
             let now = now_ms();
             let o = &self.sel.opts;
+            let stale_ms = o.stale_after.as_millis() as u64;
             self.cands = self
                 .sel
-                .instances
+                .stats
                 .iter()
-                .map(|i| {
-                    let s = i.stats.snapshot(now, o.stale_after);
+                .zip(&self.sel.id_hashes)
+                .map(|(st, &id_hash)| {
+                    let (tier, load, in_flight) = st.candidate_inputs(now, stale_ms);
                     Candidate {
-                        tier: s.tier(),
-                        score: score(&o.weights, s.load(), s.in_flight),
-                        id_hash: i.id_hash,
+                        tier,
+                        score: score(&o.weights, load, in_flight),
+                        id_hash,
                     }
                 })
                 .collect();
@@ -117,11 +127,11 @@ struct HealthMirror;
 impl HealthObserve for HealthMirror {
     async fn observe(&self, target: &Backend, healthy: bool) {
         if let Some(i) = target.ext.get::<Arc<Instance>>() {
-            i.stats.set_health(healthy);
+            i.stats().set_health(healthy);
             if !healthy {
                 warn!(model = %i.model, instance = %i.id, url = %i.url, "health check failed: GET /health");
             }
-            i.log_state_change(&i.stats.snapshot(now_ms(), std::time::Duration::MAX));
+            i.log_state_change(&i.snapshot());
         }
     }
 }

@@ -43,23 +43,29 @@ pub struct Instance {
     pub authority: String,
     /// The resolved address with connect/pool options; built once, reused by every request.
     pub peer: HttpPeer,
-    pub stats: InstanceStats,
+    /// The live state of every instance of the model, contiguous so that the per-request
+    /// scan over all instances stays in cache; this one's is at `index`.
+    pub(crate) all_stats: Arc<[InstanceStats]>,
     opts: Arc<BalancerOptions>,
 }
 
 impl Instance {
+    pub fn stats(&self) -> &InstanceStats {
+        &self.all_stats[self.index]
+    }
+
     /// Counts a request against this instance until the guard is dropped.
     pub fn acquire(self: &Arc<Self>) -> InFlightGuard {
-        self.stats.inc_in_flight();
+        self.stats().inc_in_flight();
         InFlightGuard(self.clone())
     }
 
     pub fn in_flight(&self) -> usize {
-        self.stats.in_flight()
+        self.stats().in_flight()
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.stats.snapshot(now_ms(), self.opts.stale_after)
+        self.stats().snapshot(now_ms(), self.opts.stale_after)
     }
 
     pub fn score(&self, s: &Snapshot) -> f64 {
@@ -68,9 +74,9 @@ impl Instance {
 
     /// A passive or active failure: cooldown (logged once per state change).
     pub fn record_failure(&self, why: &str) {
-        let cd = self.stats.record_failure(&self.opts, now_ms());
+        let cd = self.stats().record_failure(&self.opts, now_ms());
         let s = self.snapshot();
-        if self.stats.note_state(s.state).is_some() {
+        if self.stats().note_state(s.state).is_some() {
             warn!(model = %self.model, instance = %self.id, url = %self.url, reason = %why,
                 cooldown_s = cd.as_secs_f64(), failures = s.failures, "instance state: cooldown");
         }
@@ -78,12 +84,12 @@ impl Instance {
 
     /// A successful exchange ends a cooldown.
     pub fn record_success(&self) {
-        self.stats.record_success();
+        self.stats().record_success();
     }
 
     /// Logs the instance's state if it changed since it was last logged.
     pub fn log_state_change(&self, s: &Snapshot) {
-        if let Some(prev) = self.stats.note_state(s.state) {
+        if let Some(prev) = self.stats().note_state(s.state) {
             let prev = prev
                 .map(|p| format!("{p:?}").to_lowercase())
                 .unwrap_or_default();
@@ -110,7 +116,7 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.stats.dec_in_flight();
+        self.0.stats().dec_in_flight();
     }
 }
 
@@ -244,6 +250,11 @@ impl Registry {
 
 fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String> {
     let opts = Arc::new(m.balancer.clone());
+    let all_stats: Arc<[InstanceStats]> = m
+        .instances
+        .iter()
+        .map(|_| InstanceStats::default())
+        .collect();
     let mut instances = Vec::new();
     let mut backends = BTreeSet::new();
     for (index, i) in m.instances.iter().enumerate() {
@@ -260,7 +271,7 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
             url: i.url(),
             authority: format!("{}:{}", i.host, i.port),
             peer,
-            stats: InstanceStats::default(),
+            all_stats: all_stats.clone(),
             opts: opts.clone(),
         });
         let mut b = Backend::new(&addr.to_string()).map_err(|e| e.to_string())?;
@@ -342,9 +353,9 @@ mod tests {
             running: 0.0,
             kv_usage: 0.0,
         };
-        m.instances[0].stats.record_load(load(5.0), None, now);
-        m.instances[1].stats.record_load(load(1.0), None, now);
-        m.instances[2].stats.record_load(load(3.0), None, now);
+        m.instances[0].stats().record_load(load(5.0), None, now);
+        m.instances[1].stats().record_load(load(1.0), None, now);
+        m.instances[2].stats().record_load(load(3.0), None, now);
         assert_eq!(m.pick(b"", &[]).unwrap().id, "b");
         assert_eq!(m.pick(b"", &[1]).unwrap().id, "c");
         assert_eq!(m.pick(b"", &[1, 2]).unwrap().id, "a");

@@ -65,17 +65,51 @@ pub struct Choice {
 pub fn select(cands: &[Candidate], excluded: &[bool], c: &Choice) -> Option<usize> {
     let n = cands.len();
     let usable = |i: usize| !excluded.get(i).copied().unwrap_or(false);
+    // Indices in rotated order, so equal candidates take turns (two ranges: no modulo
+    // per element, this runs over every instance on every request).
+    let first = c.start % n.max(1);
+    let rotated = move || (first..n).chain(0..first);
+    // Lowest (tier, score), first in rotated order on ties: one tight pass, the hot path.
+    let least = || {
+        let mut best: Option<(usize, Tier, f64)> = None;
+        for range in [first..n, 0..first] {
+            for i in range {
+                let x = &cands[i];
+                let better = match best {
+                    None => true,
+                    Some((_, t, s)) => x.tier < t || (x.tier == t && x.score < s),
+                };
+                if better && usable(i) {
+                    best = Some((i, x.tier, x.score));
+                }
+            }
+        }
+        best.map(|b| b.0)
+    };
+    match (c.policy, c.affinity) {
+        (Policy::LeastLoad, _) | (Policy::SessionAffinity, None) => return least(),
+        (Policy::SessionAffinity, Some(key)) => {
+            // Rendezvous hashing over the healthy candidates: a key stays on its
+            // instance, and moves to a stable second choice when that one fails.
+            let mut preferred: Option<(usize, u64)> = None;
+            for (i, x) in cands.iter().enumerate() {
+                if x.tier <= Tier::Stale && usable(i) {
+                    let h = mix(key ^ x.id_hash);
+                    if preferred.is_none_or(|(_, best)| h > best) {
+                        preferred = Some((i, h));
+                    }
+                }
+            }
+            return match preferred {
+                Some((i, _)) if cands[i].score <= c.affinity_max_score => Some(i),
+                _ => least(),
+            };
+        }
+        _ => {}
+    }
     let best_tier = (0..n).filter(|&i| usable(i)).map(|i| cands[i].tier).min()?;
     let in_tier = |i: usize| usable(i) && cands[i].tier == best_tier;
-    // Indices in rotated order, so equal candidates take turns.
-    let rotated = move || (0..n).map(move |k| c.start.wrapping_add(k) % n);
-    let least = || {
-        rotated()
-            .filter(|&i| in_tier(i))
-            .min_by(|&a, &b| cands[a].score.total_cmp(&cands[b].score))
-    };
     match c.policy {
-        Policy::LeastLoad => least(),
         Policy::RoundRobin => rotated().find(|&i| in_tier(i)),
         Policy::PowerOfTwo => {
             let pool: Vec<usize> = (0..n).filter(|&i| in_tier(i)).collect();
@@ -94,20 +128,7 @@ pub fn select(cands: &[Candidate], excluded: &[bool], c: &Choice) -> Option<usiz
                 a
             })
         }
-        Policy::SessionAffinity => {
-            let Some(key) = c.affinity else {
-                return least();
-            };
-            // Rendezvous hashing over the healthy candidates: a key stays on its
-            // instance, and moves to a stable second choice when that one fails.
-            let preferred = (0..n)
-                .filter(|&i| usable(i) && cands[i].tier <= Tier::Stale)
-                .max_by_key(|&i| mix(key ^ cands[i].id_hash));
-            match preferred {
-                Some(i) if cands[i].score <= c.affinity_max_score => Some(i),
-                _ => least(),
-            }
-        }
+        Policy::LeastLoad | Policy::SessionAffinity => least(),
     }
 }
 

@@ -59,22 +59,26 @@ fn store_f64(a: &AtomicU64, v: f64) {
 }
 
 /// Atomics only: read on every request, written by background tasks.
+///
+/// The fields every selection reads come first and the struct is cache-line aligned, so
+/// that a scan over all of a model's instances touches one line per instance.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct InstanceStats {
     in_flight: AtomicUsize,
+    cooldown_until: AtomicU64,
+    /// [`now_ms`] of the last successful scrape; 0 = never.
+    scraped_at: AtomicU64,
     running: AtomicU64,
     waiting: AtomicU64,
     kv_usage: AtomicU64,
-    tokens_per_s: AtomicU64,
-    /// [`now_ms`] of the last successful scrape; 0 = never.
-    scraped_at: AtomicU64,
-    /// Consecutive failures (passive or scrape), reset by a success.
-    failures: AtomicU32,
-    cooldown_until: AtomicU64,
     /// Mirror of the `/health` check's verdict.
     health_ok: AtomicBool,
     /// The state last logged, so each change is logged once.
     logged_state: AtomicU8,
+    /// Consecutive failures (passive or scrape), reset by a success.
+    failures: AtomicU32,
+    tokens_per_s: AtomicU64,
 }
 
 impl Default for InstanceStats {
@@ -167,6 +171,32 @@ impl InstanceStats {
             failures: self.failures.load(Ordering::Relaxed),
             cooldown_left_ms: until.saturating_sub(now),
         }
+    }
+
+    /// Just what the selection needs, read on every request for every instance: cheaper
+    /// than a full [`Snapshot`].
+    pub fn candidate_inputs(
+        &self,
+        now: u64,
+        stale_after_ms: u64,
+    ) -> (Tier, Option<LoadInputs>, usize) {
+        let in_flight = self.in_flight();
+        if !self.health_ok.load(Ordering::Relaxed) {
+            return (Tier::Down, None, in_flight);
+        }
+        if self.cooldown_until.load(Ordering::Relaxed) > now {
+            return (Tier::Cooldown, None, in_flight);
+        }
+        let scraped = self.scraped_at.load(Ordering::Relaxed);
+        if scraped == 0 || now.saturating_sub(scraped) > stale_after_ms {
+            return (Tier::Stale, None, in_flight);
+        }
+        let load = LoadInputs {
+            waiting: load_f64(&self.waiting),
+            running: load_f64(&self.running),
+            kv_usage: load_f64(&self.kv_usage),
+        };
+        (Tier::Fresh, Some(load), in_flight)
     }
 
     /// Records a successful scrape.

@@ -97,7 +97,7 @@ impl Scraper {
                         (dt > 0.0 && total >= prev).then(|| (total - prev) / dt)
                     });
                     mem.tokens = Some((now, total));
-                    inst.stats.record_load(
+                    inst.stats().record_load(
                         LoadInputs {
                             waiting: load.waiting,
                             running: load.running,
