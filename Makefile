@@ -12,7 +12,7 @@ test:
 
 # Router vs direct, mock engines on loopback; prints a markdown table.
 bench: setup
-	cargo bench --bench proxy
+	cargo bench --benches
 
 setup:
 	scripts/setup.sh

@@ -488,7 +488,7 @@ async fn local_endpoints_models_and_health() {
 async fn health_turns_503_when_draining_while_requests_still_work() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let (m, r) = one_engine("").await;
+    let (_m, r) = one_engine("").await;
     assert_eq!(
         client()
             .get(r.url("/health"))

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::prom::{for_each_sample, ParseError};
+use super::prom::{for_each_wanted, ParseError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,7 +121,16 @@ impl Acc {
 pub fn extract(text: &str, engine: Option<Engine>) -> Result<EngineLoad, ScrapeError> {
     // Per dialect: running, waiting, kv (one per fallback), prompt, generation.
     let mut acc = [[Acc::default(); 6]; DIALECTS.len()];
-    for_each_sample(text, |s| {
+    let wanted = |name: &str| {
+        DIALECTS.iter().any(|d| {
+            name == d.running
+                || name == d.waiting
+                || d.kv.contains(&name)
+                || Some(name) == d.prompt_tokens
+                || Some(name) == d.generation_tokens
+        })
+    };
+    for_each_wanted(text, wanted, |s| {
         for (d, names) in DIALECTS.iter().enumerate() {
             let slot = if s.name == names.running {
                 0

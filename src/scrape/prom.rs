@@ -33,33 +33,58 @@ impl std::error::Error for ParseError {}
 
 /// Calls `f` for every sample of `text`, in order. Comments (`# HELP`, `# TYPE`, others),
 /// blank lines, CRLF line ends and a missing final newline are accepted.
-pub fn for_each_sample<'a>(text: &'a str, mut f: impl FnMut(Sample<'a>)) -> Result<(), ParseError> {
+pub fn for_each_sample<'a>(text: &'a str, f: impl FnMut(Sample<'a>)) -> Result<(), ParseError> {
+    for_each_wanted(text, |_| true, f)
+}
+
+/// Like [`for_each_sample`], but lines whose metric name `wanted` rejects are only
+/// checked for a valid name, not parsed: a real vLLM page is mostly histogram buckets the
+/// router never reads, and skipping them makes a scrape several times cheaper. Non-metric
+/// garbage (an HTML error page, binary) still fails on the name.
+pub fn for_each_wanted<'a>(
+    text: &'a str,
+    wanted: impl Fn(&str) -> bool,
+    mut f: impl FnMut(Sample<'a>),
+) -> Result<(), ParseError> {
     for (i, raw) in text.split('\n').enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let trimmed = line.trim_start_matches([' ', '\t']);
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let s = parse_line(trimmed).map_err(|reason| ParseError {
+        let err = |reason| ParseError {
             line: i + 1,
             reason,
-        })?;
-        f(s);
+        };
+        let name = metric_name(trimmed).map_err(err)?;
+        if !wanted(name) {
+            continue;
+        }
+        f(parse_line(trimmed, name).map_err(err)?);
     }
     Ok(())
 }
 
-fn parse_line(line: &str) -> Result<Sample<'_>, &'static str> {
+/// The metric name at the start of a sample line.
+fn metric_name(line: &str) -> Result<&str, &'static str> {
     let b = line.as_bytes();
-    let name_end = b
+    let end = b
         .iter()
         .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b':'))
         .unwrap_or(b.len());
-    if name_end == 0 || b[0].is_ascii_digit() {
+    if end == 0 || b[0].is_ascii_digit() {
         return Err("invalid metric name");
     }
-    let name = &line[..name_end];
-    let mut pos = name_end;
+    match b.get(end) {
+        None | Some(b'{' | b' ' | b'\t') => Ok(&line[..end]),
+        _ => Err("invalid metric name"),
+    }
+}
+
+/// Parses the rest of a sample line whose metric `name` (a prefix of `line`) is known.
+fn parse_line<'a>(line: &'a str, name: &'a str) -> Result<Sample<'a>, &'static str> {
+    let b = line.as_bytes();
+    let mut pos = name.len();
     if b.get(pos) == Some(&b'{') {
         pos = skip_labels(b, pos + 1)?;
     }
@@ -186,6 +211,20 @@ mod tests {
         assert_eq!(v[3].1, f64::NEG_INFINITY);
         assert_eq!(v[4], ("z".to_string(), 300.0));
         assert_eq!(v[5], ("w".to_string(), 7.0), "no trailing newline");
+    }
+
+    #[test]
+    fn unwanted_lines_are_skipped_but_garbage_names_still_fail() {
+        let mut got = Vec::new();
+        for_each_wanted(
+            "a{x=\"1\"} 1\nb{broken 2\nc 3\n",
+            |n| n != "b",
+            |s| got.push(s.value),
+        )
+        .unwrap();
+        assert_eq!(got, [1.0, 3.0]);
+        let e = for_each_wanted("<html>\n", |_| false, |_| {}).unwrap_err();
+        assert_eq!(e.line, 1);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct MockState {
     pub waiting: AtomicU64,
     /// KV-cache usage in thousandths (0..=1000).
     pub kv_milli: AtomicU64,
+    /// When set, `/metrics` serves this page verbatim (e.g. a real vLLM page).
+    pub metrics_page: Mutex<Option<String>>,
 }
 
 pub struct MockVllm {
@@ -311,6 +313,13 @@ async fn health(State(s): State<Arc<MockState>>) -> StatusCode {
 
 /// The subset of vLLM V1's `/metrics` page the router reads, in its real format.
 async fn metrics(State(s): State<Arc<MockState>>) -> Response {
+    if let Some(page) = s.metrics_page.lock().unwrap().clone() {
+        return (
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            page,
+        )
+            .into_response();
+    }
     let running = s.running.load(Ordering::SeqCst);
     let waiting = s.waiting.load(Ordering::SeqCst);
     let kv = s.kv_milli.load(Ordering::SeqCst) as f64 / 1000.0;
