@@ -62,7 +62,7 @@ async fn start_router(engine_port: u16) -> Router {
     std::fs::write(
         &cfg,
         format!(
-            "LLM_engines:\n  m:\n    instances:\n      - {{id: m1, host: 127.0.0.1, port: {engine_port}}}\n    model_config: {{model_tag: m}}\nrouter:\n  threads: 2\n"
+            "LLM_engines:\n  m:\n    instances:\n      - {{id: m1, host: 127.0.0.1, port: {engine_port}, managed: false}}\n    model_config: {{model_tag: m}}\nrouter:\n  threads: 2\n"
         ),
     )
     .unwrap();

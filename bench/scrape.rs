@@ -44,7 +44,7 @@ fn start(ports: &[u16], poll_s: f64) -> Proc {
         yaml.push_str(&format!("  m{g}:\n    instances:\n"));
         for (k, p) in chunk.iter().enumerate() {
             yaml.push_str(&format!(
-                "      - {{id: m{g}-{k}, host: 127.0.0.1, port: {p}}}\n"
+                "      - {{id: m{g}-{k}, host: 127.0.0.1, port: {p}, managed: false}}\n"
             ));
         }
         yaml.push_str(&format!("    model_config: {{model_tag: m{g}}}\n"));

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::proxy::drain::{DrainWatch, Draining};
 use crate::proxy::Router;
 use crate::scrape::service::Scraper;
+use crate::supervisor::Supervisor;
 
 /// Exit code for a bad config file or bad arguments.
 pub const EXIT_CONFIG: i32 = 2;
@@ -134,6 +135,8 @@ fn run(cli: Cli, path: &Path) -> i32 {
         return 1;
     }
     let scraper = Scraper::new(router.registry(), &config.balancer);
+    let supervisor = Supervisor::new(&config, router.registry(), server.watch_execution_phase());
+    let engines = supervisor.engine_count();
     let scrape_targets = scraper.target_count();
     let health = router.registry().health_services();
     server.bootstrap();
@@ -142,6 +145,7 @@ fn run(cli: Cli, path: &Path) -> i32 {
         "drain watch",
         DrainWatch::new(phases, draining),
     ));
+    server.add_service(background_service("engine supervisor", supervisor));
     server.add_service(background_service("metrics scraper", scraper));
     for h in health {
         server.add_service(h);
@@ -155,6 +159,7 @@ fn run(cli: Cli, path: &Path) -> i32 {
         listen = %listen,
         models = config.models.len(),
         scrape_targets,
+        engines,
         config = %path.display(),
         "llm-router listening"
     );

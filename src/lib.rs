@@ -9,4 +9,5 @@ pub mod cli;
 pub mod config;
 pub mod proxy;
 pub mod scrape;
+pub mod supervisor;
 pub mod telemetry;

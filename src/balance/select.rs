@@ -14,8 +14,10 @@ pub enum Tier {
     Stale = 1,
     /// In cooldown after a failure.
     Cooldown = 2,
-    /// Its health check fails (or its engine is not running).
+    /// Its health check fails.
     Down = 3,
+    /// Its supervised engine is starting or has exited: never chosen.
+    Off = 4,
 }
 
 /// One instance as the selection sees it.
@@ -64,7 +66,8 @@ pub struct Choice {
 /// request), or `None` when every one is excluded.
 pub fn select(cands: &[Candidate], excluded: &[bool], c: &Choice) -> Option<usize> {
     let n = cands.len();
-    let usable = |i: usize| !excluded.get(i).copied().unwrap_or(false);
+    let usable =
+        |i: usize| !excluded.get(i).copied().unwrap_or(false) && cands[i].tier != Tier::Off;
     // Indices in rotated order, so equal candidates take turns (two ranges: no modulo
     // per element, this runs over every instance on every request).
     let first = c.start % n.max(1);
@@ -270,21 +273,22 @@ mod tests {
     proptest! {
         #[test]
         fn any_policy_picks_a_usable_candidate_of_the_best_tier(
-            raw in proptest::collection::vec((0u8..4, 0.0f64..100.0, any::<bool>()), 0..12),
+            raw in proptest::collection::vec((0u8..5, 0.0f64..100.0, any::<bool>()), 0..12),
             start in any::<usize>(), random in any::<u64>(), key in proptest::option::of(any::<u64>()),
             policy in prop_oneof![Just(Policy::LeastLoad), Just(Policy::RoundRobin), Just(Policy::PowerOfTwo), Just(Policy::SessionAffinity)],
         ) {
-            let tiers = [Tier::Fresh, Tier::Stale, Tier::Cooldown, Tier::Down];
+            let tiers = [Tier::Fresh, Tier::Stale, Tier::Cooldown, Tier::Down, Tier::Off];
             let cands: Vec<_> = raw.iter().enumerate()
                 .map(|(i, (t, s, _))| Candidate { tier: tiers[*t as usize], score: *s, id_hash: i as u64 })
                 .collect();
             let excluded: Vec<bool> = raw.iter().map(|r| r.2).collect();
             let ch = Choice { policy, start, random, affinity: key, affinity_max_score: 50.0 };
             match select(&cands, &excluded, &ch) {
-                None => prop_assert!(excluded.iter().all(|e| *e)),
+                None => prop_assert!(excluded.iter().zip(&cands).all(|(e, c)| *e || c.tier == Tier::Off)),
                 Some(i) => {
                     prop_assert!(!excluded[i]);
-                    let best = cands.iter().zip(&excluded).filter(|(_, e)| !**e).map(|(c, _)| c.tier).min().unwrap();
+                    prop_assert!(cands[i].tier != Tier::Off);
+                    let best = cands.iter().zip(&excluded).filter(|(c, e)| !**e && c.tier != Tier::Off).map(|(c, _)| c.tier).min().unwrap();
                     // Affinity may keep a key on a healthy instance with stale metrics.
                     let affine_ok = policy == Policy::SessionAffinity && cands[i].tier <= Tier::Stale;
                     prop_assert!(cands[i].tier == best || affine_ok);

@@ -78,7 +78,20 @@ pub struct InstanceStats {
     logged_state: AtomicU8,
     /// Consecutive failures (passive or scrape), reset by a success.
     failures: AtomicU32,
+    /// [`Process`] of a supervised engine.
+    process: AtomicU8,
     tokens_per_s: AtomicU64,
+}
+
+/// Whether the engine process behind an instance can take traffic (supervised engines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// Not supervised by this router (external), or supervised and serving.
+    Serving = 0,
+    /// Spawned, not yet answering `GET /health` with 200.
+    Starting = 1,
+    /// Exited or killed; waiting to be restarted.
+    Down = 2,
 }
 
 impl Default for InstanceStats {
@@ -91,6 +104,7 @@ impl Default for InstanceStats {
             tokens_per_s: f64_cell(0.0),
             scraped_at: AtomicU64::new(0),
             failures: AtomicU32::new(0),
+            process: AtomicU8::new(Process::Serving as u8),
             cooldown_until: AtomicU64::new(0),
             health_ok: AtomicBool::new(true),
             logged_state: AtomicU8::new(0),
@@ -118,7 +132,8 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn tier(&self) -> Tier {
         match self.state {
-            State::Down | State::Starting => Tier::Down,
+            State::Starting => Tier::Off,
+            State::Down => Tier::Down,
             State::Cooldown => Tier::Cooldown,
             State::Healthy if self.fresh => Tier::Fresh,
             State::Healthy => Tier::Stale,
@@ -152,7 +167,10 @@ impl InstanceStats {
         let scraped = self.scraped_at.load(Ordering::Relaxed);
         let age_ms = (scraped != 0).then(|| now.saturating_sub(scraped));
         let until = self.cooldown_until.load(Ordering::Relaxed);
-        let state = if !self.health_ok.load(Ordering::Relaxed) {
+        let process = self.process.load(Ordering::Relaxed);
+        let state = if process == Process::Starting as u8 {
+            State::Starting
+        } else if process == Process::Down as u8 || !self.health_ok.load(Ordering::Relaxed) {
             State::Down
         } else if until > now {
             State::Cooldown
@@ -231,6 +249,18 @@ impl InstanceStats {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
             self.cooldown_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_process(&self, p: Process) {
+        self.process.store(p as u8, Ordering::Relaxed);
+    }
+
+    pub fn process(&self) -> Process {
+        match self.process.load(Ordering::Relaxed) {
+            1 => Process::Starting,
+            2 => Process::Down,
+            _ => Process::Serving,
         }
     }
 

@@ -159,6 +159,45 @@ impl Default for BalancerOptions {
     }
 }
 
+/// How engine processes are run (`supervisor:`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SupervisorOptions {
+    /// Engine output goes to `<log_dir>/<instance-id>.log`. Default `logs`.
+    pub log_dir: PathBuf,
+    /// Holds the state file naming running engines (for adoption across upgrades).
+    /// Default `run`.
+    pub run_dir: PathBuf,
+    /// Longest wait for an engine's first `GET /health` 200. Default 15 min.
+    #[serde(with = "secs", rename = "startup_timeout_s")]
+    pub startup_timeout: Duration,
+    /// SIGTERM to SIGKILL on stop. Default 30 s.
+    #[serde(with = "secs", rename = "stop_timeout_s")]
+    pub stop_timeout: Duration,
+    /// Restart backoff doubles from 1 s up to this. Default 5 min.
+    #[serde(with = "secs", rename = "restart_backoff_max_s")]
+    pub restart_backoff_max: Duration,
+    /// A running engine whose `/health` fails this long is restarted. Default 60 s.
+    #[serde(with = "secs", rename = "unhealthy_restart_after_s")]
+    pub unhealthy_restart_after: Duration,
+    /// Progress line period while an engine loads. Default 5 s.
+    #[serde(with = "secs", rename = "progress_interval_s")]
+    pub progress_interval: Duration,
+}
+
+impl Default for SupervisorOptions {
+    fn default() -> Self {
+        SupervisorOptions {
+            log_dir: PathBuf::from("logs"),
+            run_dir: PathBuf::from("run"),
+            startup_timeout: Duration::from_secs(15 * 60),
+            stop_timeout: Duration::from_secs(30),
+            restart_backoff_max: Duration::from_secs(300),
+            unhealthy_restart_after: Duration::from_secs(60),
+            progress_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 /// What a model serves: decides which endpoints make sense for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -180,6 +219,8 @@ pub struct InstanceConfig {
     pub port: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda_device: Option<CudaDevices>,
+    /// Spawned and supervised by the router (default); `false` for external engines.
+    pub managed: bool,
 }
 
 impl InstanceConfig {
@@ -212,6 +253,10 @@ pub struct ModelConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<crate::scrape::dialect::Engine>,
     pub balancer: BalancerOptions,
+    /// Engine launch: command prefix (`model_tag`, `--host`, `--port` and the flags follow).
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub env: IndexMap<String, String>,
     /// Files and options of an embedding/rerank model (served by the embedding server).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embed: Option<EmbedModelSettings>,
@@ -240,6 +285,7 @@ pub struct Config {
     pub router: RouterOptions,
     /// Global balancer settings (scraping cadence; per-model values live in each model).
     pub balancer: BalancerOptions,
+    pub supervisor: SupervisorOptions,
     pub models: Vec<ModelConfig>,
     /// Problems worth a warning but not a refusal (unknown keys).
     #[serde(skip)]

@@ -21,6 +21,8 @@ pub struct RawFile {
     pub router: RawRouter,
     #[serde(default)]
     pub balancer: RawBalancer,
+    #[serde(default)]
+    pub supervisor: RawSupervisor,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }
@@ -39,8 +41,35 @@ pub struct RawLlmModel {
     pub engine: Option<crate::scrape::dialect::Engine>,
     #[serde(default)]
     pub balancer: Option<RawBalancer>,
+    /// Launch command prefix (default `vllm serve`); `model_tag` and flags follow.
+    #[serde(default)]
+    pub command: Option<RawCommand>,
+    /// Extra environment variables of the engine processes.
+    #[serde(default)]
+    pub env: IndexMap<String, String>,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
+}
+
+/// `command: "python -m vllm.entrypoints.openai.api_server --model"` or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawCommand {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+/// `supervisor:`: how engine processes are run. Every key is ours.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupervisor {
+    pub log_dir: Option<String>,
+    pub run_dir: Option<String>,
+    pub startup_timeout_s: Option<f64>,
+    pub stop_timeout_s: Option<f64>,
+    pub restart_backoff_max_s: Option<f64>,
+    pub unhealthy_restart_after_s: Option<f64>,
+    pub progress_interval_s: Option<f64>,
 }
 
 /// `model_config`: `model_tag` plus an open map of engine flags (any vLLM flag).
@@ -60,6 +89,9 @@ pub struct RawInstance {
     pub port: i64,
     #[serde(default)]
     pub cuda_device: Option<RawCudaDevice>,
+    /// `false`: an engine started by someone else (or on another host); never spawned.
+    #[serde(default)]
+    pub managed: Option<bool>,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }

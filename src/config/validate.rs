@@ -2,13 +2,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawBalancer, RawCudaDevice, RawEmbeddingServer, RawFile, RawRouter};
+use super::raw::{
+    RawBalancer, RawCommand, RawCudaDevice, RawEmbeddingServer, RawFile, RawRouter, RawSupervisor,
+};
 use super::{
     AffinityKey, BalancerOptions, Config, ConfigError, ConfigErrors, CudaDevices,
-    EmbedModelSettings, InstanceConfig, ModelConfig, ModelKind, RouterOptions,
+    EmbedModelSettings, InstanceConfig, ModelConfig, ModelKind, RouterOptions, SupervisorOptions,
 };
 
 /// YAML text to [`RawFile`]; syntax and type errors carry the key path and line/column.
@@ -119,6 +121,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
     }
 
     let router = resolve_router(&mut c, raw.router);
+    let supervisor = resolve_supervisor(&mut c, raw.supervisor);
     let balancer = resolve_balancer(&mut c, "balancer", &raw.balancer, &RawBalancer::default());
     let mut models = Vec::new();
 
@@ -164,6 +167,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
                 host: inst.host,
                 port,
                 cuda_device,
+                managed: inst.managed.unwrap_or(true),
             });
         }
         let model_balancer = match &m.balancer {
@@ -187,9 +191,20 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
                 resolve_balancer(&mut c, &format!("{base}.balancer"), own, &raw.balancer)
             }
         };
+        check_tensor_parallel(&mut c, &base, &m.model_config.flags, &instances);
+        let command = match m.command {
+            None => vec!["vllm".to_string(), "serve".to_string()],
+            Some(RawCommand::Line(l)) => l.split_whitespace().map(str::to_string).collect(),
+            Some(RawCommand::Argv(v)) => v,
+        };
+        if command.is_empty() {
+            c.err(format!("{base}.command"), "must name a program");
+        }
         let tag = m.model_config.model_tag;
         models.push(ModelConfig {
             engine: m.engine,
+            command,
+            env: m.env,
             balancer: model_balancer,
             served_name: m.served_model_name.unwrap_or_else(|| tag.clone()),
             name,
@@ -218,6 +233,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
             source: file.to_path_buf(),
             router,
             balancer,
+            supervisor,
             models,
             warnings,
         })
@@ -329,6 +345,66 @@ fn resolve_balancer(
     }
 }
 
+fn resolve_supervisor(c: &mut Checker<'_>, r: RawSupervisor) -> SupervisorOptions {
+    let d = SupervisorOptions::default();
+    SupervisorOptions {
+        log_dir: r.log_dir.map(PathBuf::from).unwrap_or(d.log_dir),
+        run_dir: r.run_dir.map(PathBuf::from).unwrap_or(d.run_dir),
+        startup_timeout: c.secs(
+            "supervisor.startup_timeout_s",
+            r.startup_timeout_s,
+            d.startup_timeout,
+        ),
+        stop_timeout: c.secs(
+            "supervisor.stop_timeout_s",
+            r.stop_timeout_s,
+            d.stop_timeout,
+        ),
+        restart_backoff_max: c.secs(
+            "supervisor.restart_backoff_max_s",
+            r.restart_backoff_max_s,
+            d.restart_backoff_max,
+        ),
+        unhealthy_restart_after: c.secs(
+            "supervisor.unhealthy_restart_after_s",
+            r.unhealthy_restart_after_s,
+            d.unhealthy_restart_after,
+        ),
+        progress_interval: c.secs(
+            "supervisor.progress_interval_s",
+            r.progress_interval_s,
+            d.progress_interval,
+        ),
+    }
+}
+
+/// `tensor_parallel_size: N` needs N GPUs per instance.
+fn check_tensor_parallel(
+    c: &mut Checker<'_>,
+    base: &str,
+    flags: &indexmap::IndexMap<String, serde_yaml::Value>,
+    instances: &[InstanceConfig],
+) {
+    let tp = flags
+        .iter()
+        .find(|(k, _)| k.replace('-', "_") == "tensor_parallel_size")
+        .and_then(|(_, v)| v.as_u64());
+    let Some(tp) = tp else { return };
+    for (i, inst) in instances.iter().enumerate() {
+        if let Some(dev) = &inst.cuda_device {
+            if dev.0.len() as u64 != tp {
+                c.err(
+                    format!("{base}.instances[{i}].cuda_device"),
+                    format!(
+                        "tensor_parallel_size is {tp} but {} CUDA device(s) are given; list one per shard, e.g. [0, 1]",
+                        dev.0.len()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
     let d = RouterOptions::default();
     let listen = match r.listen {
@@ -417,6 +493,8 @@ fn resolve_embedding(
             }
             models.push(ModelConfig {
                 engine: None,
+                command: Vec::new(),
+                env: Default::default(),
                 balancer: balancer.clone(),
                 served_name: name.clone(),
                 instances: vec![InstanceConfig {
@@ -424,6 +502,7 @@ fn resolve_embedding(
                     host: es.host.clone(),
                     port,
                     cuda_device: cuda_device.clone(),
+                    managed: false,
                 }],
                 name,
                 kind,

@@ -21,6 +21,62 @@ use crate::balance::stats::now_ms;
 use crate::balance::{Instance, Registry};
 use crate::config::{BalancerOptions, ModelKind};
 
+/// Why a [`http_get`] failed.
+pub enum GetError {
+    /// Connect, send or read failed; `reused` says whether on a pooled connection.
+    Io {
+        what: String,
+        reused: bool,
+    },
+    TooLarge,
+}
+
+/// A small `GET` to an instance over `connector`'s pool (the connection goes back to the
+/// pool when the answer was read whole): the scraper's `/metrics` and the supervisor's
+/// `/health`.
+pub async fn http_get(
+    connector: &Connector,
+    inst: &Instance,
+    path: &str,
+    max: usize,
+) -> Result<(u16, BytesMut), GetError> {
+    let (mut s, reused) =
+        connector
+            .get_http_session(&inst.peer)
+            .await
+            .map_err(|e| GetError::Io {
+                what: format!("connect: {e}"),
+                reused: false,
+            })?;
+    let fail = |what: &str, e: Box<pingora::Error>| GetError::Io {
+        what: format!("{what}: {e}"),
+        reused,
+    };
+    let mut req =
+        RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| fail("request", e))?;
+    req.insert_header("host", &inst.authority)
+        .map_err(|e| fail("request", e))?;
+    s.write_request_header(Box::new(req))
+        .await
+        .map_err(|e| fail("send", e))?;
+    s.finish_request_body().await.map_err(|e| fail("send", e))?;
+    s.read_response_header()
+        .await
+        .map_err(|e| fail("read", e))?;
+    let status = s.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = s.read_response_body().await.map_err(|e| fail("read", e))? {
+        if body.len() + chunk.len() > max {
+            return Err(GetError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    // Pooled below the engine's keep-alive (uvicorn: 5 s), see router.pool_idle_timeout_s.
+    let idle = inst.peer.options.idle_timeout;
+    connector.release_http_session(s, &inst.peer, idle).await;
+    Ok((status, body))
+}
+
 /// Largest `/metrics` page read (a vLLM page is ~50 KiB).
 const MAX_PAGE: usize = 8 * 1024 * 1024;
 
@@ -156,47 +212,21 @@ impl Scraper {
 
     /// The error comes with whether the connection was a reused one.
     async fn fetch_once(&self, inst: &Instance) -> Result<BytesMut, (Failure, bool)> {
-        let (mut s, reused) = self
-            .connector
-            .get_http_session(&inst.peer)
+        let (status, page) = http_get(&self.connector, inst, "/metrics", MAX_PAGE)
             .await
-            .map_err(|e| (Failure::Unreachable(format!("connect: {e}")), false))?;
-        let fail = |what: &str, e: Box<pingora::Error>| {
-            (Failure::Unreachable(format!("{what}: {e}")), reused)
-        };
-        let mut req =
-            RequestHeader::build("GET", b"/metrics", None).map_err(|e| fail("request", e))?;
-        req.insert_header("host", &inst.authority)
-            .map_err(|e| fail("request", e))?;
-        s.write_request_header(Box::new(req))
-            .await
-            .map_err(|e| fail("send", e))?;
-        s.finish_request_body().await.map_err(|e| fail("send", e))?;
-        s.read_response_header()
-            .await
-            .map_err(|e| fail("read", e))?;
-        let status = s.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
-        let mut page = BytesMut::new();
-        while let Some(chunk) = s.read_response_body().await.map_err(|e| fail("read", e))? {
-            if page.len() + chunk.len() > MAX_PAGE {
-                return Err((
+            .map_err(|e| match e {
+                GetError::TooLarge => (
                     Failure::BadPage(format!("page larger than {MAX_PAGE} bytes")),
                     false,
-                ));
-            }
-            page.extend_from_slice(&chunk);
-        }
+                ),
+                GetError::Io { what, reused } => (Failure::Unreachable(what), reused),
+            })?;
         if status != 200 {
             return Err((
                 Failure::Unreachable(format!("GET /metrics answered {status}")),
                 false,
             ));
         }
-        // Pooled below the engine's keep-alive (uvicorn: 5 s), see router.pool_idle_timeout_s.
-        let idle = inst.peer.options.idle_timeout;
-        self.connector
-            .release_http_session(s, &inst.peer, idle)
-            .await;
         Ok(page)
     }
 }

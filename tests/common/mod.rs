@@ -24,7 +24,9 @@ pub fn bin() -> &'static str {
 /// `(id, port)` pairs as a YAML instance list.
 pub fn instances(list: &[(&str, u16)]) -> String {
     list.iter()
-        .map(|(id, port)| format!("      - {{id: \"{id}\", host: \"127.0.0.1\", port: {port}}}\n"))
+        .map(|(id, port)| {
+            format!("      - {{id: \"{id}\", host: \"127.0.0.1\", port: {port}, managed: false}}\n")
+        })
         .collect()
 }
 

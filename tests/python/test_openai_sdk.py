@@ -61,8 +61,8 @@ def router():
                 "LLM_engines:\n"
                 "  chat-model:\n"
                 "    instances:\n"
-                f"      - {{id: c1, host: 127.0.0.1, port: {p1}}}\n"
-                f"      - {{id: c2, host: 127.0.0.1, port: {p2}}}\n"
+                f"      - {{id: c1, host: 127.0.0.1, port: {p1}, managed: false}}\n"
+                f"      - {{id: c2, host: 127.0.0.1, port: {p2}, managed: false}}\n"
                 "    model_config:\n"
                 "      model_tag: org/Chat-Model\n"
             )

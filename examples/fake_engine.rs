@@ -1,0 +1,85 @@
+//! A fake engine for the supervisor tests: serves `/health` and `/metrics`, records its
+//! argv and environment, and can be slow to become ready or crash on request.
+//!
+//! Reads `--host H --port P` from its argv (any other arguments are only recorded).
+//! Env: `FAKE_RECORD` (append one JSON line `{pid, argv, env}` per start),
+//! `FAKE_READY_AFTER_MS` (`/health` answers 503 until then), `FAKE_CHILD=1` (spawn a
+//! `sleep` child in the same process group, like vLLM's EngineCore).
+//! `POST /crash` exits at once with status 3.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let host = arg("--host").unwrap_or_else(|| "127.0.0.1".into());
+    let port: u16 = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
+    if let Ok(path) = std::env::var("FAKE_RECORD") {
+        let env: serde_json::Map<String, serde_json::Value> = std::env::vars()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        let line = serde_json::json!({"pid": std::process::id(), "argv": argv, "env": env});
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+    let _child = (std::env::var("FAKE_CHILD").as_deref() == Ok("1"))
+        .then(|| std::process::Command::new("sleep").arg("600").spawn().ok());
+    let ready_after = Duration::from_millis(
+        std::env::var("FAKE_READY_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let t0 = Instant::now();
+    let app = Router::new()
+        .route(
+            "/health",
+            get(move || async move {
+                if t0.elapsed() >= ready_after {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                "vllm:num_requests_running{engine=\"0\"} 0\nvllm:num_requests_waiting{engine=\"0\"} 0\nvllm:kv_cache_usage_perc{engine=\"0\"} 0\n"
+            }),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|| async { axum::Json(serde_json::json!({"object": "chat.completion", "choices": [], "system_fingerprint": std::process::id().to_string()})) }),
+        )
+        .route("/crash", post(crash));
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .expect("bind");
+    eprintln!(
+        "fake engine {} listening on {}",
+        std::process::id(),
+        listener.local_addr().unwrap()
+    );
+    axum::serve(listener, app).await.unwrap();
+}
+
+async fn crash() -> StatusCode {
+    std::process::exit(3)
+}

@@ -1,0 +1,277 @@
+//! The engine supervisor: a Pingora background service that starts every managed
+//! engine, gates its traffic on `GET /health`, restarts it with backoff when it dies or
+//! stops answering, and stops it with the router. One engine's trouble never touches
+//! another's: each has its own task, process group and log.
+
+pub mod command;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+use tokio::process::Child;
+use tokio::sync::broadcast;
+use tracing::{error, info, warn};
+
+use crate::balance::stats::Process;
+use crate::balance::{Instance, Registry};
+use crate::config::{Config, ModelKind, SupervisorOptions};
+use crate::scrape::service::http_get;
+use command::{engine_spec, EngineSpec};
+
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// An engine that served this long before dying starts over at the shortest backoff.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+struct Engine {
+    spec: EngineSpec,
+    inst: Arc<Instance>,
+}
+
+pub struct Supervisor {
+    engines: Vec<Engine>,
+    opts: SupervisorOptions,
+    /// Engines on a shared GPU start one after another (vLLM profiles memory assuming it
+    /// is alone); one lock per GPU, taken in ascending order.
+    gpu_locks: BTreeMap<u32, Arc<tokio::sync::Mutex<()>>>,
+    phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+    connector: Connector,
+}
+
+/// How an engine's life ended.
+enum End {
+    /// Died or was declared dead: restart it.
+    Crashed(String),
+    /// The router is leaving.
+    Shutdown,
+}
+
+impl Supervisor {
+    /// Every managed LLM instance of `config`, bound to its live entry in `registry`.
+    /// `phases` tells a graceful upgrade (engines kept) from a stop (engines stopped).
+    pub fn new(
+        config: &Config,
+        registry: &Registry,
+        phases: broadcast::Receiver<ExecutionPhase>,
+    ) -> Self {
+        let mut engines = Vec::new();
+        let mut gpu_locks = BTreeMap::new();
+        for m in config.models.iter().filter(|m| m.kind == ModelKind::Llm) {
+            let Some(model) = registry.get(&m.name) else {
+                continue;
+            };
+            for (ic, inst) in m.instances.iter().zip(&model.instances) {
+                if !ic.managed {
+                    continue;
+                }
+                let spec = engine_spec(m, ic, &config.supervisor);
+                for g in &spec.gpus {
+                    gpu_locks
+                        .entry(*g)
+                        .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())));
+                }
+                // No traffic until its /health answers.
+                inst.stats().set_process(Process::Starting);
+                engines.push(Engine {
+                    spec,
+                    inst: inst.clone(),
+                });
+            }
+        }
+        Supervisor {
+            engines,
+            opts: config.supervisor.clone(),
+            gpu_locks,
+            phases: Mutex::new(Some(phases)),
+            connector: Connector::new(None),
+        }
+    }
+
+    pub fn engine_count(&self) -> usize {
+        self.engines.len()
+    }
+
+    async fn healthy(&self, inst: &Instance) -> bool {
+        let ok = matches!(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                http_get(&self.connector, inst, "/health", 64 * 1024)
+            )
+            .await,
+            Ok(Ok((200, _)))
+        );
+        if ok {
+            inst.stats().set_health(true);
+        }
+        ok
+    }
+
+    /// One engine, forever: start, wait until ready, watch, restart with backoff.
+    async fn run_engine(&self, e: &Engine, mut shutdown: ShutdownWatch, upgrading: &AtomicBool) {
+        let (spec, inst) = (&e.spec, &e.inst);
+        let mut backoff = BACKOFF_START;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            inst.stats().set_process(Process::Starting);
+            let started = Instant::now();
+            let end = match process::spawn(spec) {
+                Err(err) => End::Crashed(format!("cannot start `{}`: {err}", spec.argv.join(" "))),
+                Ok(mut child) => {
+                    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+                    process::track(pgid);
+                    info!(instance = %spec.instance, pid = pgid, log = %spec.log_path.display(),
+                        command = %spec.argv.join(" "), "engine started");
+                    let end = self.watch(e, &mut child, &mut shutdown).await;
+                    match &end {
+                        End::Shutdown if upgrading.load(Ordering::SeqCst) => {
+                            info!(instance = %spec.instance, pid = pgid, "graceful upgrade: engine left running");
+                            return;
+                        }
+                        _ => {
+                            let timeout = match end {
+                                End::Shutdown => self.opts.stop_timeout,
+                                End::Crashed(_) => Duration::from_secs(5),
+                            };
+                            process::stop_group(pgid, Some(&mut child), timeout).await;
+                            process::untrack(pgid);
+                        }
+                    }
+                    end
+                }
+            };
+            let why = match end {
+                End::Shutdown => {
+                    info!(instance = %spec.instance, "engine stopped");
+                    return;
+                }
+                End::Crashed(why) => why,
+            };
+            inst.stats().set_process(Process::Down);
+            inst.log_state_change(&inst.snapshot());
+            if started.elapsed() >= BACKOFF_RESET_AFTER {
+                backoff = BACKOFF_START;
+            }
+            error!(instance = %spec.instance, reason = %why, restart_in_s = backoff.as_secs_f64(),
+                log_tail = %process::tail(&spec.log_path, 20), "engine down");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(self.opts.restart_backoff_max);
+        }
+    }
+
+    /// From spawn to death (or shutdown): readiness gate with progress lines, then the
+    /// watch for exit or a `/health` that stays bad.
+    async fn watch(&self, e: &Engine, child: &mut Child, shutdown: &mut ShutdownWatch) -> End {
+        let (spec, inst) = (&e.spec, &e.inst);
+        let t0 = Instant::now();
+        {
+            // Held until ready: engines sharing a GPU start one after another.
+            let mut guards = Vec::new();
+            for g in &spec.gpus {
+                if let Some(l) = self.gpu_locks.get(g) {
+                    guards.push(l.clone().lock_owned().await);
+                }
+            }
+            let mut last_progress = Instant::now();
+            loop {
+                tokio::select! {
+                    status = child.wait() => {
+                        return End::Crashed(format!("exited during start-up ({})", describe(status)));
+                    }
+                    _ = shutdown.changed() => return End::Shutdown,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                if self.healthy(inst).await {
+                    break;
+                }
+                if t0.elapsed() >= self.opts.startup_timeout {
+                    return End::Crashed(format!(
+                        "not ready after {:?} (supervisor.startup_timeout_s)",
+                        self.opts.startup_timeout
+                    ));
+                }
+                if last_progress.elapsed() >= self.opts.progress_interval {
+                    info!("{}: loading, {} s", spec.instance, t0.elapsed().as_secs());
+                    last_progress = Instant::now();
+                }
+            }
+        }
+        inst.stats().set_process(Process::Serving);
+        inst.record_success();
+        info!(instance = %spec.instance, ready_after_s = t0.elapsed().as_secs_f64(), "engine ready");
+        inst.log_state_change(&inst.snapshot());
+        let mut unhealthy_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                status = child.wait() => return End::Crashed(format!("exited ({})", describe(status))),
+                _ = shutdown.changed() => return End::Shutdown,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if self.healthy(inst).await {
+                unhealthy_since = None;
+                continue;
+            }
+            let since = *unhealthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.opts.unhealthy_restart_after {
+                return End::Crashed(format!(
+                    "GET /health failing for {:?} (supervisor.unhealthy_restart_after_s)",
+                    self.opts.unhealthy_restart_after
+                ));
+            }
+        }
+    }
+}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Supervisor {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        if self.engines.is_empty() {
+            return;
+        }
+        // A SIGQUIT (graceful upgrade) is announced before the shutdown signal: remember
+        // it, so that the engines are left to the new router instead of stopped.
+        let upgrading = Arc::new(AtomicBool::new(false));
+        if let Some(mut rx) = self.phases.lock().ok().and_then(|mut g| g.take()) {
+            let flag = upgrading.clone();
+            tokio::spawn(async move {
+                while let Ok(p) = rx.recv().await {
+                    if matches!(
+                        p,
+                        ExecutionPhase::GracefulUpgradeTransferringFds
+                            | ExecutionPhase::GracefulUpgradeCloseTimeout
+                    ) {
+                        flag.store(true, Ordering::SeqCst);
+                        process::keep_on_exit();
+                    }
+                }
+            });
+        }
+        info!(engines = self.engines.len(), "supervisor: starting engines");
+        futures_util::future::join_all(
+            self.engines
+                .iter()
+                .map(|e| self.run_engine(e, shutdown.clone(), &upgrading)),
+        )
+        .await;
+        if !upgrading.load(Ordering::SeqCst) {
+            warn!("supervisor: all engines stopped");
+        }
+    }
+}
