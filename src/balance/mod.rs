@@ -369,3 +369,32 @@ mod tests {
         assert_eq!(m.pick(b"", &[]).unwrap().id, "b");
     }
 }
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn starting_or_down_engines_are_never_picked() {
+        let cfg = Config::from_yaml_str(
+            "LLM_engines:\n  m:\n    instances:\n      - {id: a, host: 127.0.0.1, port: 1}\n      - {id: b, host: 127.0.0.1, port: 2}\n    model_config: {model_tag: t}\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let reg = Registry::new(&cfg).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(reg.init())
+            .unwrap();
+        let m = reg.get("m").unwrap();
+        m.instances[0].stats().set_process(stats::Process::Starting);
+        for _ in 0..4 {
+            assert_eq!(m.pick(b"", &[]).unwrap().id, "b");
+        }
+        m.instances[1].stats().set_process(stats::Process::Down);
+        assert!(m.pick(b"", &[]).is_none());
+        m.instances[0].stats().set_process(stats::Process::Serving);
+        assert_eq!(m.pick(b"", &[]).unwrap().id, "a");
+    }
+}

@@ -199,6 +199,9 @@ impl InstanceStats {
         stale_after_ms: u64,
     ) -> (Tier, Option<LoadInputs>, usize) {
         let in_flight = self.in_flight();
+        if self.process.load(Ordering::Relaxed) != Process::Serving as u8 {
+            return (Tier::Off, None, in_flight);
+        }
         if !self.health_ok.load(Ordering::Relaxed) {
             return (Tier::Down, None, in_flight);
         }

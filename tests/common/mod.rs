@@ -112,7 +112,19 @@ impl RouterProc {
 }
 
 impl Drop for RouterProc {
+    /// SIGINT first (Pingora exits at once and the router stops its engines on exit),
+    /// SIGKILL if it lingers.
     fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(pid, Signal::SIGINT);
+            let t0 = Instant::now();
+            while matches!(self.child.try_wait(), Ok(None)) && t0.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

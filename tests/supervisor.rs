@@ -1,0 +1,292 @@
+//! The engine supervisor with a fake engine (`examples/fake_engine.rs`) launched through
+//! the configurable command: argv/env, readiness gating, crash and restart, group kill.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{dead_port, RouterProc};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+fn fake_engine() -> PathBuf {
+    // target/debug/deps/<test> -> target/debug/examples/fake_engine
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/fake_engine");
+    assert!(p.exists(), "build the example first: {}", p.display());
+    p
+}
+
+/// Parsed lines of the fake engine's record file: one per start.
+fn starts(record: &Path) -> Vec<Value> {
+    std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn group_alive(pgid: i32) -> bool {
+    killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie is dead for our purpose.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+            port: dead_port(),
+        }
+    }
+
+    fn record(&self) -> PathBuf {
+        self.dir.path().join("record.jsonl")
+    }
+
+    /// One model `m` with one fake-engine instance; `env` lines are added to the model's env.
+    fn yaml(&self, managed: bool, env: &[(&str, &str)]) -> String {
+        let mut envs = format!("      FAKE_RECORD: \"{}\"\n", self.record().display());
+        for (k, v) in env {
+            envs.push_str(&format!("      {k}: \"{v}\"\n"));
+        }
+        format!(
+            "LLM_engines:\n  m:\n    command: [\"{}\"]\n    env:\n{envs}    instances:\n      - {{id: e1, host: 127.0.0.1, port: {}, cuda_device: [3, 5], managed: {managed}}}\n    model_config:\n      model_tag: org/fake\n      max_model_len: 500\n      enforce_eager: true\n      disable_log_stats: false\n\
+             supervisor:\n  log_dir: \"{}\"\n  progress_interval_s: 0.5\n  stop_timeout_s: 3\n  unhealthy_restart_after_s: 2\n\
+             balancer:\n  poll_interval_s: 0.2\n",
+            fake_engine().display(),
+            self.port,
+            self.dir.path().join("logs").display()
+        )
+    }
+}
+
+async fn state(r: &RouterProc) -> String {
+    let v: Value = reqwest::get(r.url("/v1/router/instances"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"][0]["state"].as_str().unwrap().to_string()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond().await {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn chat() -> &'static str {
+    r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argv_env_readiness_crash_restart_and_stop() {
+    let s = Setup::new();
+    let r = RouterProc::start(&s.yaml(
+        true,
+        &[("FAKE_READY_AFTER_MS", "1500"), ("FAKE_CHILD", "1")],
+    ))
+    .await;
+    let c = reqwest::Client::new();
+
+    // Spawned with the exact command line and environment.
+    wait_for("first start", Duration::from_secs(5), async || {
+        !starts(&s.record()).is_empty()
+    })
+    .await;
+    let first = &starts(&s.record())[0];
+    let argv: Vec<&str> = first["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let port = s.port.to_string();
+    assert_eq!(
+        argv[1..],
+        [
+            "org/fake",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--max-model-len",
+            "500",
+            "--enforce-eager"
+        ]
+    );
+    assert_eq!(first["env"]["CUDA_VISIBLE_DEVICES"], "3,5");
+    assert_eq!(first["env"]["FAKE_CHILD"], "1");
+    let pid1 = first["pid"].as_i64().unwrap() as i32;
+
+    // Not ready yet: no traffic, the instance shows as starting.
+    assert_eq!(state(&r).await, "starting");
+    let resp = c
+        .post(r.url("/v1/chat/completions"))
+        .body(chat())
+        .send()
+        .await
+        .unwrap();
+    let st = resp.status();
+    let body = resp.text().await.unwrap();
+    let v: Value = reqwest::get(r.url("/v1/router/instances"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st, 503, "{body} {v}");
+    wait_for("ready", Duration::from_secs(5), async || {
+        state(&r).await == "healthy"
+    })
+    .await;
+    let resp = c
+        .post(r.url("/v1/chat/completions"))
+        .body(chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        r.log_text().contains("e1: loading"),
+        "progress lines: {}",
+        r.log_text()
+    );
+
+    // kill -9 of the engine: marked down, its leftover child killed, restarted.
+    assert!(group_alive(pid1));
+    kill(Pid::from_raw(pid1), Signal::SIGKILL).unwrap();
+    wait_for("restart", Duration::from_secs(8), async || {
+        starts(&s.record()).len() == 2
+    })
+    .await;
+    assert!(
+        !group_alive(pid1),
+        "the killed engine's process group is not empty"
+    );
+    let pid2 = starts(&s.record())[1]["pid"].as_i64().unwrap() as i32;
+    assert_ne!(pid1, pid2);
+    let log = r.log_text();
+    assert!(log.contains("engine down"), "{log}");
+    assert!(log.contains("signal: 9"), "exit status logged: {log}");
+    wait_for("ready again", Duration::from_secs(6), async || {
+        state(&r).await == "healthy"
+    })
+    .await;
+    assert_eq!(
+        c.post(r.url("/v1/chat/completions"))
+            .body(chat())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The engine's log file has its output.
+    let engine_log = std::fs::read_to_string(s.dir.path().join("logs/e1.log")).unwrap();
+    assert!(
+        engine_log.contains("=== llm-router: starting e1"),
+        "{engine_log}"
+    );
+    assert!(engine_log.contains("fake engine"), "{engine_log}");
+
+    // SIGTERM to the router: the whole engine group is gone, then the router exits.
+    let mut r = r;
+    kill(Pid::from_raw(r.child.id() as i32), Signal::SIGTERM).unwrap();
+    let t0 = Instant::now();
+    while group_alive(pid2) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "engine group survived the router's stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let st = r.child.wait();
+        (st, r)
+    })
+    .await
+    .unwrap()
+    .0
+    .unwrap();
+    assert!(status.success(), "router exit: {status}");
+    assert!(!pid_alive(pid2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_backs_off_and_other_models_keep_serving() {
+    let s = Setup::new();
+    let other = common::MockVllm::start("other").await;
+    // An engine that cannot start (its command exits at once).
+    let yaml = format!(
+        "LLM_engines:\n  broken:\n    command: [\"false\"]\n    instances:\n      - {{id: b1, host: 127.0.0.1, port: {}}}\n    model_config: {{model_tag: x}}\n{}supervisor:\n  log_dir: \"{}\"\n",
+        s.port,
+        common::llm("ok", "org/ok", &[("o1", other.port())]),
+        s.dir.path().display()
+    );
+    let r = RouterProc::start(&yaml).await;
+    let c = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let log = r.log_text();
+    let downs = log.matches("engine down").count();
+    // Backoff 1 s, 2 s: two or three attempts in 3.5 s, not dozens.
+    assert!((2..=3).contains(&downs), "{downs} restarts in 3.5 s: {log}");
+    assert!(log.contains("restart_in_s=2"), "{log}");
+    let resp = c
+        .post(r.url("/v1/chat/completions"))
+        .body(r#"{"model":"broken","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let resp = c
+        .post(r.url("/v1/chat/completions"))
+        .body(r#"{"model":"ok","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = reqwest::get(r.url("/v1/router/instances"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"][0]["state"], "down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_instance_is_never_spawned() {
+    let s = Setup::new();
+    let _r = RouterProc::start(&s.yaml(false, &[])).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(starts(&s.record()).is_empty());
+}
