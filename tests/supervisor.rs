@@ -72,11 +72,12 @@ impl Setup {
         }
         format!(
             "LLM_engines:\n  m:\n    command: [\"{}\"]\n    env:\n{envs}    instances:\n      - {{id: e1, host: 127.0.0.1, port: {}, cuda_device: [3, 5], managed: {managed}}}\n    model_config:\n      model_tag: org/fake\n      max_model_len: 500\n      enforce_eager: true\n      disable_log_stats: false\n\
-             supervisor:\n  log_dir: \"{}\"\n  progress_interval_s: 0.5\n  stop_timeout_s: 3\n  unhealthy_restart_after_s: 2\n\
+             supervisor:\n  log_dir: \"{}\"\n  run_dir: \"{}\"\n  progress_interval_s: 0.5\n  stop_timeout_s: 3\n  unhealthy_restart_after_s: 2\n\
              balancer:\n  poll_interval_s: 0.2\n",
             fake_engine().display(),
             self.port,
-            self.dir.path().join("logs").display()
+            self.dir.path().join("logs").display(),
+            self.dir.path().join("run").display()
         )
     }
 }
@@ -289,4 +290,98 @@ async fn an_external_instance_is_never_spawned() {
     let _r = RouterProc::start(&s.yaml(false, &[])).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(starts(&s.record()).is_empty());
+}
+
+/// Starts a router on `yaml`, waits for its engine, SIGQUITs it and waits for it to leave;
+/// returns the engine's pid (still running).
+async fn upgrade_away(s: &Setup, yaml: &str) -> i32 {
+    let mut a = RouterProc::start(yaml).await;
+    wait_for("ready", Duration::from_secs(5), async || {
+        state(&a).await == "healthy"
+    })
+    .await;
+    let pid = starts(&s.record()).last().unwrap()["pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(a.child.id() as i32), Signal::SIGQUIT).unwrap();
+    let t0 = Instant::now();
+    while matches!(a.child.try_wait(), Ok(None)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "old router did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        pid_alive(pid),
+        "engine died with the old router: {}",
+        a.log_text()
+    );
+    assert!(a.log_text().contains("left running"), "{}", a.log_text());
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_command_replaces_the_old_engine() {
+    let s = Setup::new();
+    let yaml = s.yaml(true, &[]);
+    let old = upgrade_away(&s, &yaml).await;
+    let b = RouterProc::start(&yaml.replace("max_model_len: 500", "max_model_len: 600")).await;
+    wait_for("new engine ready", Duration::from_secs(10), async || {
+        starts(&s.record()).len() == 2 && state(&b).await == "healthy"
+    })
+    .await;
+    assert!(
+        !pid_alive(old),
+        "the engine with the old command is still running"
+    );
+    let argv = starts(&s.record())[1]["argv"].to_string();
+    assert!(argv.contains("\"600\""), "{argv}");
+    assert!(
+        b.log_text().contains("engine command changed"),
+        "{}",
+        b.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_survive_a_graceful_upgrade_and_are_adopted() {
+    let s = Setup::new();
+    let yaml = s.yaml(true, &[]);
+    let pid = upgrade_away(&s, &yaml).await;
+    let saved = std::fs::read_to_string(s.dir.path().join("run/engines.json")).unwrap();
+    assert!(saved.contains(&format!("\"pid\": {pid}")), "{saved}");
+
+    // A new router with the same config adopts it: same pid, no second start.
+    let b = RouterProc::start(&yaml).await;
+    wait_for("adopted", Duration::from_secs(5), async || {
+        state(&b).await == "healthy"
+    })
+    .await;
+    assert_eq!(starts(&s.record()).len(), 1, "a second engine was started");
+    let c = reqwest::Client::new();
+    let v: Value = c
+        .post(b.url("/v1/chat/completions"))
+        .body(chat())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["system_fingerprint"], pid.to_string());
+    assert!(
+        b.log_text().contains("adopted running engine"),
+        "{}",
+        b.log_text()
+    );
+
+    // The new router's exit stops the adopted engine too.
+    drop(b);
+    let t0 = Instant::now();
+    while group_alive(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "engine survived the router's exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod process;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ use crate::balance::{Instance, Registry};
 use crate::config::{Config, ModelKind, SupervisorOptions};
 use crate::scrape::service::http_get;
 use command::{engine_spec, EngineSpec};
+use state::{EngineRecord, StateFile};
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// An engine that served this long before dying starts over at the shortest backoff.
@@ -42,6 +44,32 @@ pub struct Supervisor {
     gpu_locks: BTreeMap<u32, Arc<tokio::sync::Mutex<()>>>,
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
     connector: Connector,
+    state: StateFile,
+    /// Engines this router runs (mirrored to the state file).
+    records: Mutex<BTreeMap<String, EngineRecord>>,
+    /// What the previous router left running, for adoption.
+    previous: Mutex<BTreeMap<String, EngineRecord>>,
+}
+
+/// The engine process being watched: our child, or one adopted from a previous router.
+enum Proc<'a> {
+    Child(&'a mut Child),
+    Adopted(EngineRecord),
+}
+
+impl Proc<'_> {
+    /// Resolves when the process has exited, with how.
+    async fn exited(&mut self) -> String {
+        match self {
+            Proc::Child(c) => describe(c.wait().await),
+            Proc::Adopted(rec) => {
+                while state::is_live(rec) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                "adopted process exited (status unknown: not our child)".to_string()
+            }
+        }
+    }
 }
 
 /// How an engine's life ended.
@@ -84,17 +112,58 @@ impl Supervisor {
                 });
             }
         }
+        let state = StateFile::new(&config.supervisor.run_dir);
+        let mut previous = state.load();
+        // Entries of processes that are gone are stale: drop them.
+        previous.retain(|id, rec| {
+            let live = state::is_live(rec);
+            if live && !engines.iter().any(|e| &e.spec.instance == id) {
+                warn!(instance = %id, pid = rec.pid, "engine of an instance no longer configured is left running");
+            }
+            live
+        });
         Supervisor {
             engines,
             opts: config.supervisor.clone(),
             gpu_locks,
             phases: Mutex::new(Some(phases)),
             connector: Connector::new(None),
+            state,
+            records: Mutex::new(BTreeMap::new()),
+            previous: Mutex::new(previous),
         }
     }
 
     pub fn engine_count(&self) -> usize {
         self.engines.len()
+    }
+
+    fn remember(&self, id: &str, rec: Option<EngineRecord>) {
+        if let Ok(mut r) = self.records.lock() {
+            match rec {
+                Some(rec) => r.insert(id.to_string(), rec),
+                None => r.remove(id),
+            };
+            self.state.save(&r);
+        }
+    }
+
+    /// The previous router's engine for this instance, if it is alive, runs the same
+    /// command and answers `/health`. A live engine with another command is stopped.
+    async fn adoptable(&self, e: &Engine) -> Option<EngineRecord> {
+        let rec = self.previous.lock().ok()?.remove(&e.spec.instance)?;
+        let same = state::cmdline(rec.pid).is_some_and(|c| state::same_command(&c, &e.spec.argv));
+        if !same {
+            warn!(instance = %e.spec.instance, pid = rec.pid, "engine command changed: stopping the old engine");
+            process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
+            return None;
+        }
+        if !self.healthy(&e.inst).await {
+            warn!(instance = %e.spec.instance, pid = rec.pid, "previous engine does not answer /health: replacing it");
+            process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
+            return None;
+        }
+        Some(rec)
     }
 
     async fn healthy(&self, inst: &Instance) -> bool {
@@ -112,41 +181,66 @@ impl Supervisor {
         ok
     }
 
-    /// One engine, forever: start, wait until ready, watch, restart with backoff.
+    /// One engine, forever: adopt or start, wait until ready, watch, restart with backoff.
     async fn run_engine(&self, e: &Engine, mut shutdown: ShutdownWatch, upgrading: &AtomicBool) {
         let (spec, inst) = (&e.spec, &e.inst);
         let mut backoff = BACKOFF_START;
+        let mut adopt = self.adoptable(e).await;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            inst.stats().set_process(Process::Starting);
             let started = Instant::now();
-            let end = match process::spawn(spec) {
-                Err(err) => End::Crashed(format!("cannot start `{}`: {err}", spec.argv.join(" "))),
-                Ok(mut child) => {
-                    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-                    process::track(pgid);
-                    info!(instance = %spec.instance, pid = pgid, log = %spec.log_path.display(),
-                        command = %spec.argv.join(" "), "engine started");
-                    let end = self.watch(e, &mut child, &mut shutdown).await;
-                    match &end {
-                        End::Shutdown if upgrading.load(Ordering::SeqCst) => {
-                            info!(instance = %spec.instance, pid = pgid, "graceful upgrade: engine left running");
-                            return;
-                        }
-                        _ => {
-                            let timeout = match end {
-                                End::Shutdown => self.opts.stop_timeout,
-                                End::Crashed(_) => Duration::from_secs(5),
-                            };
-                            process::stop_group(pgid, Some(&mut child), timeout).await;
-                            process::untrack(pgid);
-                        }
+            let mut child = None;
+            let (end, pgid) = if let Some(rec) = adopt.take() {
+                info!(instance = %spec.instance, pid = rec.pid, "adopted running engine");
+                let pgid = rec.pgid;
+                process::track(pgid);
+                self.remember(&spec.instance, Some(rec.clone()));
+                (
+                    self.watch(e, Proc::Adopted(rec), &mut shutdown, true).await,
+                    pgid,
+                )
+            } else {
+                inst.stats().set_process(Process::Starting);
+                match process::spawn(spec) {
+                    Err(err) => (
+                        End::Crashed(format!("cannot start `{}`: {err}", spec.argv.join(" "))),
+                        0,
+                    ),
+                    Ok(c) => {
+                        let pgid = c.id().map(|p| p as i32).unwrap_or(0);
+                        process::track(pgid);
+                        let rec = state::start_time(pgid).map(|start_time| EngineRecord {
+                            pid: pgid,
+                            pgid,
+                            argv: spec.argv.clone(),
+                            start_time,
+                        });
+                        self.remember(&spec.instance, rec);
+                        info!(instance = %spec.instance, pid = pgid, log = %spec.log_path.display(),
+                            command = %spec.argv.join(" "), "engine started");
+                        let c = child.insert(c);
+                        (
+                            self.watch(e, Proc::Child(c), &mut shutdown, false).await,
+                            pgid,
+                        )
                     }
-                    end
                 }
             };
+            if pgid != 0 {
+                if matches!(end, End::Shutdown) && upgrading.load(Ordering::SeqCst) {
+                    info!(instance = %spec.instance, pid = pgid, "graceful upgrade: engine left running for the new router");
+                    return;
+                }
+                let timeout = match end {
+                    End::Shutdown => self.opts.stop_timeout,
+                    End::Crashed(_) => Duration::from_secs(5),
+                };
+                process::stop_group(pgid, child.as_mut(), timeout).await;
+                process::untrack(pgid);
+                self.remember(&spec.instance, None);
+            }
             let why = match end {
                 End::Shutdown => {
                     info!(instance = %spec.instance, "engine stopped");
@@ -169,12 +263,19 @@ impl Supervisor {
         }
     }
 
-    /// From spawn to death (or shutdown): readiness gate with progress lines, then the
-    /// watch for exit or a `/health` that stays bad.
-    async fn watch(&self, e: &Engine, child: &mut Child, shutdown: &mut ShutdownWatch) -> End {
+    /// From spawn (or adoption) to death or shutdown: the readiness gate with progress
+    /// lines (skipped for an adopted, already healthy engine), then the watch for exit or
+    /// a `/health` that stays bad.
+    async fn watch(
+        &self,
+        e: &Engine,
+        mut proc: Proc<'_>,
+        shutdown: &mut ShutdownWatch,
+        ready: bool,
+    ) -> End {
         let (spec, inst) = (&e.spec, &e.inst);
         let t0 = Instant::now();
-        {
+        if !ready {
             // Held until ready: engines sharing a GPU start one after another.
             let mut guards = Vec::new();
             for g in &spec.gpus {
@@ -185,8 +286,8 @@ impl Supervisor {
             let mut last_progress = Instant::now();
             loop {
                 tokio::select! {
-                    status = child.wait() => {
-                        return End::Crashed(format!("exited during start-up ({})", describe(status)));
+                    status = proc.exited() => {
+                        return End::Crashed(format!("exited during start-up ({status})"));
                     }
                     _ = shutdown.changed() => return End::Shutdown,
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -205,15 +306,15 @@ impl Supervisor {
                     last_progress = Instant::now();
                 }
             }
+            info!(instance = %spec.instance, ready_after_s = t0.elapsed().as_secs_f64(), "engine ready");
         }
         inst.stats().set_process(Process::Serving);
         inst.record_success();
-        info!(instance = %spec.instance, ready_after_s = t0.elapsed().as_secs_f64(), "engine ready");
         inst.log_state_change(&inst.snapshot());
         let mut unhealthy_since: Option<Instant> = None;
         loop {
             tokio::select! {
-                status = child.wait() => return End::Crashed(format!("exited ({})", describe(status))),
+                status = proc.exited() => return End::Crashed(format!("exited ({status})")),
                 _ = shutdown.changed() => return End::Shutdown,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }

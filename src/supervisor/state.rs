@@ -1,0 +1,162 @@
+//! The state file: which engines this router runs, so that the next router (after a
+//! graceful upgrade or a restart) adopts them instead of starting second copies, which
+//! would not fit in GPU memory.
+//!
+//! An entry is adopted only if its pid is alive, was started at the recorded time (pids
+//! are reused) and runs the same command line; the caller also requires `/health`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineRecord {
+    pub pid: i32,
+    /// Process group (= pid: engines run in their own session).
+    pub pgid: i32,
+    pub argv: Vec<String>,
+    /// `/proc/<pid>/stat` start time (clock ticks since boot).
+    pub start_time: u64,
+}
+
+/// `<run_dir>/engines.json`, keyed by instance id.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(run_dir: &Path) -> Self {
+        StateFile {
+            path: run_dir.join("engines.json"),
+        }
+    }
+
+    pub fn load(&self) -> BTreeMap<String, EngineRecord> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                warn!(path = %self.path.display(), error = %e, "unreadable engine state file ignored");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Writes atomically (temp file + rename), so a crash never leaves half a file.
+    pub fn save(&self, records: &BTreeMap<String, EngineRecord>) {
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = self.path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(records).unwrap_or_default())?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        if let Err(e) = write() {
+            warn!(path = %self.path.display(), error = %e, "cannot write engine state file");
+        }
+    }
+}
+
+/// Start time of `pid` from `/proc` (field 22 of `stat`); `None` if it is gone or a zombie.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    // `rest` starts at field 3 (state); start time is field 22.
+    fields.get(19)?.parse().ok()
+}
+
+/// The argv of a live process.
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
+}
+
+/// Whether a process runs `argv`. A script started through its `#!` interpreter shows
+/// up as `interpreter script args...`, so the program may appear as a later element.
+pub fn same_command(actual: &[String], argv: &[String]) -> bool {
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    if actual.len() < argv.len() || !actual.ends_with(args) {
+        return false;
+    }
+    let head = &actual[..actual.len() - args.len()];
+    let base = Path::new(program).file_name();
+    head.iter()
+        .any(|a| a == program || (base.is_some() && Path::new(a).file_name() == base))
+}
+
+/// Whether `rec` still describes a live process running `argv`.
+pub fn is_live(rec: &EngineRecord) -> bool {
+    start_time(rec.pid) == Some(rec.start_time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn command_matching() {
+        let argv = v(&["vllm", "serve", "m", "--port", "1"]);
+        assert!(same_command(&argv, &argv));
+        assert!(same_command(
+            &v(&[
+                "/usr/bin/python3",
+                "/venv/bin/vllm",
+                "serve",
+                "m",
+                "--port",
+                "1"
+            ]),
+            &argv
+        ));
+        assert!(!same_command(
+            &v(&["vllm", "serve", "m", "--port", "2"]),
+            &argv
+        ));
+        assert!(!same_command(
+            &v(&["other", "serve", "m", "--port", "1"]),
+            &argv
+        ));
+        assert!(!same_command(&[], &argv));
+    }
+
+    #[test]
+    fn own_process_is_live_and_round_trips() {
+        let me = std::process::id() as i32;
+        let rec = EngineRecord {
+            pid: me,
+            pgid: me,
+            argv: cmdline(me).unwrap(),
+            start_time: start_time(me).unwrap(),
+        };
+        assert!(is_live(&rec));
+        assert!(!is_live(&EngineRecord {
+            start_time: rec.start_time + 1,
+            ..rec.clone()
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        assert!(f.load().is_empty());
+        let mut m = BTreeMap::new();
+        m.insert("e1".to_string(), rec.clone());
+        f.save(&m);
+        assert_eq!(f.load()["e1"], rec);
+    }
+}
