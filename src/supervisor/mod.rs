@@ -148,12 +148,12 @@ impl Supervisor {
         }
     }
 
-    /// The previous router's engine for this instance, if it is alive, runs the same
-    /// command and answers `/health`. A live engine with another command is stopped.
+    /// The previous router's engine for this instance, if it is alive, was started from
+    /// the same command and answers `/health`. A live engine that does not qualify is
+    /// stopped (its GPU memory is needed by the replacement).
     async fn adoptable(&self, e: &Engine) -> Option<EngineRecord> {
         let rec = self.previous.lock().ok()?.remove(&e.spec.instance)?;
-        let same = state::cmdline(rec.pid).is_some_and(|c| state::same_command(&c, &e.spec.argv));
-        if !same {
+        if !state::matches(&rec, &e.spec.argv) {
             warn!(instance = %e.spec.instance, pid = rec.pid, "engine command changed: stopping the old engine");
             process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
             return None;
@@ -211,13 +211,6 @@ impl Supervisor {
                     Ok(c) => {
                         let pgid = c.id().map(|p| p as i32).unwrap_or(0);
                         process::track(pgid);
-                        let rec = state::start_time(pgid).map(|start_time| EngineRecord {
-                            pid: pgid,
-                            pgid,
-                            argv: spec.argv.clone(),
-                            start_time,
-                        });
-                        self.remember(&spec.instance, rec);
                         info!(instance = %spec.instance, pid = pgid, log = %spec.log_path.display(),
                             command = %spec.argv.join(" "), "engine started");
                         let c = child.insert(c);
@@ -307,6 +300,21 @@ impl Supervisor {
                 }
             }
             info!(instance = %spec.instance, ready_after_s = t0.elapsed().as_secs_f64(), "engine ready");
+            // Recorded once ready: by then any wrapper has exec'd the real engine.
+            if let Proc::Child(c) = &proc {
+                let pid = c.id().map(|p| p as i32).unwrap_or(0);
+                let rec =
+                    state::start_time(pid)
+                        .zip(state::cmdline(pid))
+                        .map(|(start_time, cmdline)| EngineRecord {
+                            pid,
+                            pgid: pid,
+                            argv: spec.argv.clone(),
+                            cmdline,
+                            start_time,
+                        });
+                self.remember(&spec.instance, rec);
+            }
         }
         inst.stats().set_process(Process::Serving);
         inst.record_success();

@@ -3,7 +3,9 @@
 //! would not fit in GPU memory.
 //!
 //! An entry is adopted only if its pid is alive, was started at the recorded time (pids
-//! are reused) and runs the same command line; the caller also requires `/health`.
+//! are reused), still shows the command line recorded when it became ready (wrappers
+//! that `exec` and `#!` scripts change what `/proc` shows, so the observed one is kept),
+//! and was started from the same configured command; the caller also requires `/health`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,10 @@ pub struct EngineRecord {
     pub pid: i32,
     /// Process group (= pid: engines run in their own session).
     pub pgid: i32,
+    /// The command the router started (from the config).
     pub argv: Vec<String>,
+    /// What `/proc/<pid>/cmdline` showed once the engine was ready.
+    pub cmdline: Vec<String>,
     /// `/proc/<pid>/stat` start time (clock ticks since boot).
     pub start_time: u64,
 }
@@ -83,24 +88,14 @@ pub fn cmdline(pid: i32) -> Option<Vec<String>> {
     )
 }
 
-/// Whether a process runs `argv`. A script started through its `#!` interpreter shows
-/// up as `interpreter script args...`, so the program may appear as a later element.
-pub fn same_command(actual: &[String], argv: &[String]) -> bool {
-    let Some((program, args)) = argv.split_first() else {
-        return false;
-    };
-    if actual.len() < argv.len() || !actual.ends_with(args) {
-        return false;
-    }
-    let head = &actual[..actual.len() - args.len()];
-    let base = Path::new(program).file_name();
-    head.iter()
-        .any(|a| a == program || (base.is_some() && Path::new(a).file_name() == base))
-}
-
-/// Whether `rec` still describes a live process running `argv`.
+/// Whether `rec` still describes a live process (same start time).
 pub fn is_live(rec: &EngineRecord) -> bool {
     start_time(rec.pid) == Some(rec.start_time)
+}
+
+/// Whether the previous router's engine `rec` can serve as the engine started by `argv`.
+pub fn matches(rec: &EngineRecord, argv: &[String]) -> bool {
+    rec.argv == argv && is_live(rec) && cmdline(rec.pid).as_deref() == Some(rec.cmdline.as_slice())
 }
 
 #[cfg(test)]
@@ -112,41 +107,25 @@ mod tests {
     }
 
     #[test]
-    fn command_matching() {
-        let argv = v(&["vllm", "serve", "m", "--port", "1"]);
-        assert!(same_command(&argv, &argv));
-        assert!(same_command(
-            &v(&[
-                "/usr/bin/python3",
-                "/venv/bin/vllm",
-                "serve",
-                "m",
-                "--port",
-                "1"
-            ]),
-            &argv
-        ));
-        assert!(!same_command(
-            &v(&["vllm", "serve", "m", "--port", "2"]),
-            &argv
-        ));
-        assert!(!same_command(
-            &v(&["other", "serve", "m", "--port", "1"]),
-            &argv
-        ));
-        assert!(!same_command(&[], &argv));
-    }
-
-    #[test]
     fn own_process_is_live_and_round_trips() {
         let me = std::process::id() as i32;
         let rec = EngineRecord {
             pid: me,
             pgid: me,
-            argv: cmdline(me).unwrap(),
+            argv: v(&["x"]),
+            cmdline: cmdline(me).unwrap(),
             start_time: start_time(me).unwrap(),
         };
         assert!(is_live(&rec));
+        assert!(matches(&rec, &v(&["x"])));
+        assert!(!matches(&rec, &v(&["y"])), "another configured command");
+        assert!(!matches(
+            &EngineRecord {
+                cmdline: v(&["z"]),
+                ..rec.clone()
+            },
+            &v(&["x"])
+        ));
         assert!(!is_live(&EngineRecord {
             start_time: rec.start_time + 1,
             ..rec.clone()
