@@ -1,14 +1,24 @@
 # llm-router: every target does its own set-up (idempotent), so a fresh clone needs only
 # `make run` or `make test`.
-.PHONY: run test bench build release setup check fmt lint clean
+.PHONY: run run-mock test e2e bench build release setup check fmt lint clean
 
-# Build (release) and start the router on conf/demo.yaml.
+# Build (release) and start the router on conf/demo.yaml: two real vLLM CPU engines
+# (installed on first use) behind the router.
 run: release
 	scripts/run-demo.sh
+
+# The same without vLLM: mock engines behind the router (conf/demo-mock.yaml).
+run-mock: release
+	scripts/run-mock-demo.sh
 
 # The whole test suite (Rust unit + integration tests, OpenAI Python SDK tests).
 test:
 	scripts/test.sh
+
+# End to end with real vLLM CPU engines spawned by the router (OpenAI SDK, kill -9,
+# stop, graceful upgrade with adoption).
+e2e: build
+	scripts/e2e.sh
 
 # Router vs direct, mock engines on loopback; prints a markdown table.
 bench: setup
@@ -25,6 +35,7 @@ release: setup
 
 check: build
 	target/debug/llm-router check --config conf/demo.yaml
+	target/debug/llm-router check --config conf/config.yaml
 
 fmt:
 	cargo fmt --all

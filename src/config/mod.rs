@@ -221,6 +221,9 @@ pub struct InstanceConfig {
     pub cuda_device: Option<CudaDevices>,
     /// Spawned and supervised by the router (default); `false` for external engines.
     pub managed: bool,
+    /// Engine environment of this instance (over the model's `env`).
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub env: IndexMap<String, String>,
 }
 
 impl InstanceConfig {

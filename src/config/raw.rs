@@ -92,6 +92,9 @@ pub struct RawInstance {
     /// `false`: an engine started by someone else (or on another host); never spawned.
     #[serde(default)]
     pub managed: Option<bool>,
+    /// Environment of this instance's engine, over the model's `env`.
+    #[serde(default)]
+    pub env: IndexMap<String, String>,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }

@@ -168,6 +168,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
                 port,
                 cuda_device,
                 managed: inst.managed.unwrap_or(true),
+                env: inst.env,
             });
         }
         let model_balancer = match &m.balancer {
@@ -503,6 +504,7 @@ fn resolve_embedding(
                     port,
                     cuda_device: cuda_device.clone(),
                     managed: false,
+                    env: Default::default(),
                 }],
                 name,
                 kind,

@@ -276,6 +276,11 @@ impl ProxyHttp for Router {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = Some(Instant::now());
+        if self.draining.is_set() {
+            // Leaving (upgrade or stop): answer with `Connection: close`, so that clients do
+            // not keep an idle connection that this process is about to close under them.
+            session.set_keepalive(None);
+        }
         if let Err(e) = self.handle(session, ctx).await {
             if !response_started(session) {
                 write_error(session, &e).await;

@@ -35,8 +35,11 @@ pub fn engine_spec(m: &ModelConfig, i: &InstanceConfig, opts: &SupervisorOptions
         i.port.to_string(),
     ]);
     argv.extend(flag_args(&m.engine_flags));
-    let mut env: Vec<(String, String)> =
-        m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (k, v) in m.env.iter().chain(&i.env) {
+        env.retain(|(key, _)| key != k);
+        env.push((k.clone(), v.clone()));
+    }
     let gpus = i
         .cuda_device
         .as_ref()
@@ -162,7 +165,7 @@ LLM_engines:
   m:
     command: "python -m vllm.entrypoints.openai.api_server --model"
     env: {HF_HUB_OFFLINE: "1", CUDA_VISIBLE_DEVICES: "9"}
-    instances: [{id: "a/b", host: 127.0.0.1, port: 9, cuda_device: [2, 3]}]
+    instances: [{id: "a/b", host: 127.0.0.1, port: 9, cuda_device: [2, 3], env: {HF_HUB_OFFLINE: "0", X: "y"}}]
     model_config:
       model_tag: org/m
       enforce_eager: false
@@ -201,7 +204,8 @@ LLM_engines:
         assert_eq!(
             s.env,
             [
-                ("HF_HUB_OFFLINE".to_string(), "1".to_string()),
+                ("HF_HUB_OFFLINE".to_string(), "0".to_string()),
+                ("X".to_string(), "y".to_string()),
                 ("CUDA_VISIBLE_DEVICES".to_string(), "2,3".to_string())
             ]
         );
