@@ -248,10 +248,11 @@ async fn a_crash_loop_backs_off_and_other_models_keep_serving() {
     let other = common::MockVllm::start("other").await;
     // An engine that cannot start (its command exits at once).
     let yaml = format!(
-        "LLM_engines:\n  broken:\n    command: [\"false\"]\n    instances:\n      - {{id: b1, host: 127.0.0.1, port: {}}}\n    model_config: {{model_tag: x}}\n{}supervisor:\n  log_dir: \"{}\"\n",
+        "LLM_engines:\n  broken:\n    command: [\"false\"]\n    instances:\n      - {{id: b1, host: 127.0.0.1, port: {}}}\n    model_config: {{model_tag: x}}\n{}supervisor:\n  log_dir: \"{}\"\n  run_dir: \"{}\"\n",
         s.port,
         common::llm("ok", "org/ok", &[("o1", other.port())]),
-        s.dir.path().display()
+        s.dir.path().display(),
+        s.dir.path().join("run").display()
     );
     let r = RouterProc::start(&yaml).await;
     let c = reqwest::Client::new();
