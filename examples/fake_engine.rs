@@ -5,9 +5,11 @@
 //! Env: `FAKE_RECORD` (append one JSON line `{pid, argv, env}` per start),
 //! `FAKE_READY_AFTER_MS` (`/health` answers 503 until then), `FAKE_CHILD=1` (spawn a
 //! `sleep` child in the same process group, like vLLM's EngineCore).
-//! `POST /crash` exits at once with status 3.
+//! `POST /crash` exits at once with status 3; `POST /sick` makes `/health` answer 503
+//! from then on (a hung engine).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -29,7 +31,12 @@ async fn main() {
         let env: serde_json::Map<String, serde_json::Value> = std::env::vars()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
-        let line = serde_json::json!({"pid": std::process::id(), "argv": argv, "env": env});
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let line =
+            serde_json::json!({"pid": std::process::id(), "argv": argv, "env": env, "t_ms": ms});
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -47,11 +54,12 @@ async fn main() {
             .unwrap_or(0),
     );
     let t0 = Instant::now();
+    static SICK: AtomicBool = AtomicBool::new(false);
     let app = Router::new()
         .route(
             "/health",
             get(move || async move {
-                if t0.elapsed() >= ready_after {
+                if t0.elapsed() >= ready_after && !SICK.load(Ordering::SeqCst) {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -68,7 +76,14 @@ async fn main() {
             "/v1/chat/completions",
             post(|| async { axum::Json(serde_json::json!({"object": "chat.completion", "choices": [], "system_fingerprint": std::process::id().to_string()})) }),
         )
-        .route("/crash", post(crash));
+        .route("/crash", post(crash))
+        .route(
+            "/sick",
+            post(|| async {
+                SICK.store(true, Ordering::SeqCst);
+                StatusCode::OK
+            }),
+        );
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .expect("bind");

@@ -386,3 +386,66 @@ async fn engines_survive_a_graceful_upgrade_and_are_adopted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_on_one_gpu_start_one_after_another() {
+    let s = Setup::new();
+    let second = dead_port();
+    // Two instances on GPU 3 (the first shares it via [3, 5]); each takes 1 s to be ready.
+    let yaml = s.yaml(true, &[("FAKE_READY_AFTER_MS", "1000")]).replace(
+        "managed: true}\n",
+        &format!("managed: true}}\n      - {{id: e2, host: 127.0.0.1, port: {second}, cuda_device: 3}}\n"),
+    );
+    let r = RouterProc::start(&yaml).await;
+    wait_for("both started", Duration::from_secs(8), async || {
+        starts(&s.record()).len() == 2
+    })
+    .await;
+    let rec = starts(&s.record());
+    let gap = rec[1]["t_ms"].as_u64().unwrap() - rec[0]["t_ms"].as_u64().unwrap();
+    assert!(
+        gap >= 1000,
+        "the second engine started {gap} ms after the first, before it was ready"
+    );
+    wait_for("both ready", Duration::from_secs(5), async || {
+        let v: Value = reqwest::get(r.url("/v1/router/instances"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "healthy")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_whose_health_stays_bad_is_restarted() {
+    let s = Setup::new();
+    let r = RouterProc::start(&s.yaml(true, &[])).await;
+    wait_for("ready", Duration::from_secs(5), async || {
+        state(&r).await == "healthy"
+    })
+    .await;
+    let pid = starts(&s.record())[0]["pid"].as_i64().unwrap() as i32;
+    let c = reqwest::Client::new();
+    c.post(format!("http://127.0.0.1:{}/sick", s.port))
+        .send()
+        .await
+        .unwrap();
+    // unhealthy_restart_after_s is 2 in this config.
+    wait_for("restart", Duration::from_secs(8), async || {
+        starts(&s.record()).len() == 2
+    })
+    .await;
+    assert!(!pid_alive(pid), "the hung engine was not killed");
+    assert!(
+        r.log_text().contains("GET /health failing"),
+        "{}",
+        r.log_text()
+    );
+}

@@ -198,11 +198,23 @@ impl Supervisor {
                 process::track(pgid);
                 self.remember(&spec.instance, Some(rec.clone()));
                 (
-                    self.watch(e, Proc::Adopted(rec), &mut shutdown, true).await,
+                    self.watch(e, Proc::Adopted(rec), &mut shutdown, true, Vec::new())
+                        .await,
                     pgid,
                 )
             } else {
                 inst.stats().set_process(Process::Starting);
+                // Held until this engine is ready: engines sharing a GPU start one after
+                // another (vLLM sizes its memory assuming it is alone while it starts).
+                let mut gpu_guards = Vec::new();
+                for g in &spec.gpus {
+                    if let Some(l) = self.gpu_locks.get(g) {
+                        tokio::select! {
+                            guard = l.clone().lock_owned() => gpu_guards.push(guard),
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
                 match process::spawn(spec) {
                     Err(err) => (
                         End::Crashed(format!("cannot start `{}`: {err}", spec.argv.join(" "))),
@@ -215,7 +227,8 @@ impl Supervisor {
                             command = %spec.argv.join(" "), "engine started");
                         let c = child.insert(c);
                         (
-                            self.watch(e, Proc::Child(c), &mut shutdown, false).await,
+                            self.watch(e, Proc::Child(c), &mut shutdown, false, gpu_guards)
+                                .await,
                             pgid,
                         )
                     }
@@ -265,17 +278,11 @@ impl Supervisor {
         mut proc: Proc<'_>,
         shutdown: &mut ShutdownWatch,
         ready: bool,
+        gpu_guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
     ) -> End {
         let (spec, inst) = (&e.spec, &e.inst);
         let t0 = Instant::now();
         if !ready {
-            // Held until ready: engines sharing a GPU start one after another.
-            let mut guards = Vec::new();
-            for g in &spec.gpus {
-                if let Some(l) = self.gpu_locks.get(g) {
-                    guards.push(l.clone().lock_owned().await);
-                }
-            }
             let mut last_progress = Instant::now();
             loop {
                 tokio::select! {
@@ -300,6 +307,8 @@ impl Supervisor {
                 }
             }
             info!(instance = %spec.instance, ready_after_s = t0.elapsed().as_secs_f64(), "engine ready");
+            // The next engine on the same GPU(s) may start now.
+            drop(gpu_guards);
             // Recorded once ready: by then any wrapper has exec'd the real engine.
             if let Proc::Child(c) = &proc {
                 let pid = c.id().map(|p| p as i32).unwrap_or(0);
