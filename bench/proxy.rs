@@ -4,96 +4,26 @@
 //!
 //! Bounded: every phase runs a fixed number of requests or a fixed time, on loopback only.
 
+#[path = "common.rs"]
+mod common;
 #[path = "../tests/common/mock_vllm.rs"]
 mod mock_vllm;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{proc_status, BenchRouter};
 use futures_util::StreamExt;
 use mock_vllm::MockVllm;
 
 const PHASE: Duration = Duration::from_secs(3);
 
-struct Router {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Router {
-    fn rss_kib(&self) -> u64 {
-        proc_field(self.child.id(), "VmRSS:")
-    }
-
-    /// user + system CPU seconds used so far.
-    fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) start after ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks / 100.0
-    }
-}
-
-fn proc_field(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn start_router(engine_port: u16) -> Router {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bench.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "LLM_engines:\n  m:\n    instances:\n      - {{id: m1, host: 127.0.0.1, port: {engine_port}, managed: false}}\n    model_config: {{model_tag: m}}\nrouter:\n  threads: 2\n"
-        ),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_llm-router"))
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let r = Router {
-        child,
-        port,
-        _dir: dir,
-    };
+async fn start_router(engine_port: u16) -> BenchRouter {
+    let r = BenchRouter::start(&format!(
+        "LLM_engines:\n  m:\n    instances:\n      - {{id: m1, host: 127.0.0.1, port: {engine_port}, managed: false}}\n    model_config: {{model_tag: m}}\nrouter:\n  threads: 2\n"
+    ));
     let c = reqwest::Client::new();
     for _ in 0..400 {
-        if c.get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-            .is_ok()
-        {
+        if c.get(r.url("/health")).send().await.is_ok() {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -209,7 +139,7 @@ async fn main() {
                     let mut m = 0;
                     let t0 = Instant::now();
                     while t0.elapsed() < PHASE {
-                        m = m.max(proc_field(pid, "VmRSS:"));
+                        m = m.max(proc_status(pid, "VmRSS:"));
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     m
