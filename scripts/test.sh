@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${LLM_ROUTER_CACHE:-$HOME/.cache/llm-router}"
 scripts/setup.sh --python
+scripts/models.sh
 
 echo "[test] building router and mock engine (debug)"
 cargo build --bins --examples

@@ -1,0 +1,3 @@
+//! The co-hosted ONNX embedding and rerank service.
+
+pub mod model;
