@@ -3,17 +3,20 @@
 //! Pingora's own options (`-d` daemon, `-u` upgrade, `-t` test, `-c` server conf) are
 //! flattened in, so the usual Pingora operations keep working.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use pingora::apps::http_app::HttpServer;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::embed::service::EmbedService;
 use crate::proxy::drain::{DrainWatch, Draining};
 use crate::proxy::Router;
 use crate::scrape::service::Scraper;
@@ -48,6 +51,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run only the embedding/rerank service of a config (for a separate host).
+    Embed {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 /// Loads a config, printing every problem; `None` means exit with [`EXIT_CONFIG`].
@@ -71,6 +79,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config }) => check(&config),
+        Some(Command::Embed { config }) => embed_only(&config, cli.pingora),
         None => {
             let Some(path) = cli.config.clone() else {
                 eprintln!("error: --config FILE is required (see --help)");
@@ -100,6 +109,62 @@ fn check(path: &Path) -> i32 {
             1
         }
     }
+}
+
+/// The co-hosted embedding service of `config` as a Pingora service, when this process
+/// serves it (`embedding_server` present and not `managed: false`).
+fn embed_service(
+    config: &Config,
+    server: &Server,
+) -> Result<Option<Service<HttpServer<EmbedService>>>, String> {
+    let Some(opts) = config.embedding.as_ref().filter(|o| o.managed) else {
+        return Ok(None);
+    };
+    let svc = EmbedService::load(opts, &config.models)?;
+    let addr = (opts.host.as_str(), opts.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("embedding_server.host `{}`: {e}", opts.host))?
+        .min_by_key(|a| !a.is_ipv4())
+        .ok_or_else(|| {
+            format!(
+                "embedding_server.host `{}` resolves to no address",
+                opts.host
+            )
+        })?;
+    let mut service = Service::new("embedding service".to_string(), HttpServer::new_app(svc));
+    service.add_tcp(&addr.to_string());
+    service.threads = Some(server.configuration.threads.max(1));
+    info!(listen = %addr, "embedding service listening");
+    Ok(Some(service))
+}
+
+fn embed_only(path: &Path, opt: Opt) -> i32 {
+    let Some(config) = load(path) else {
+        return EXIT_CONFIG;
+    };
+    let mut server = match Server::new(Some(opt)) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return 1;
+        }
+    };
+    server.bootstrap();
+    match embed_service(&config, &server) {
+        Ok(Some(svc)) => server.add_service(svc),
+        Ok(None) => {
+            eprintln!(
+                "config error: {}: embedding_server: nothing to serve (missing, or managed: false)",
+                path.display()
+            );
+            return EXIT_CONFIG;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    server.run_forever()
 }
 
 fn run(cli: Cli, path: &Path) -> i32 {
@@ -140,6 +205,18 @@ fn run(cli: Cli, path: &Path) -> i32 {
     let scrape_targets = scraper.target_count();
     let health = router.registry().health_services();
     server.bootstrap();
+    // After bootstrap: in daemon mode it forks, and ONNX Runtime's and the batchers'
+    // threads would not survive the fork.
+    match embed_service(&config, &server) {
+        Ok(Some(e)) => {
+            server.add_service(e);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    }
     let phases = server.watch_execution_phase();
     server.add_service(background_service(
         "drain watch",

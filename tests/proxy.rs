@@ -246,7 +246,7 @@ async fn no_reachable_instance_is_503_with_retry_after() {
 async fn bad_requests_get_openai_errors_and_the_router_keeps_serving() {
     let m = MockVllm::start("m").await;
     let yaml = format!(
-        "LLM_engines:\n{}embedding_server:\n  host: 127.0.0.1\n  port: {}\n  embedding_models:\n    emb:\n      model_path: /nonexistent\nrouter:\n  max_body_bytes: 1000\n",
+        "LLM_engines:\n{}embedding_server:\n  host: 127.0.0.1\n  port: {}\n  managed: false\n  embedding_models:\n    emb:\n      model_path: /nonexistent\nrouter:\n  max_body_bytes: 1000\n",
         llm("m", "org/M", &[("m1", m.port())]),
         dead_port()
     );
@@ -441,7 +441,7 @@ async fn headers_are_forwarded_minus_hop_by_hop() {
 async fn local_endpoints_models_and_health() {
     let m = MockVllm::start("m").await;
     let yaml = format!(
-        "LLM_engines:\n{}embedding_server:\n  port: {}\n  embedding_models:\n    emb:\n      model_path: /x\n  reranking_models:\n    rr:\n      model_path: /y\n",
+        "LLM_engines:\n{}embedding_server:\n  port: {}\n  managed: false\n  embedding_models:\n    emb:\n      model_path: /x\n  reranking_models:\n    rr:\n      model_path: /y\n",
         llm("chat-model", "org/Chat", &[("m1", m.port())]),
         dead_port()
     );

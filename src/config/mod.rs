@@ -198,6 +198,28 @@ impl Default for SupervisorOptions {
     }
 }
 
+/// `embedding_server:` service settings (the models are in [`Config::models`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmbedServerOptions {
+    pub host: String,
+    pub port: u16,
+    /// Served by this process (default); `false` when another process serves it.
+    pub managed: bool,
+    /// `libonnxruntime.so`: this key, else `ORT_DYLIB_PATH`, else
+    /// `models/onnxruntime/libonnxruntime.so.1.31.1` (from `make models`).
+    pub onnxruntime_path: PathBuf,
+    /// Tokens per batch (items x longest item). Default 16384.
+    pub max_batch_tokens: usize,
+    /// Items per batch. Default 64.
+    pub max_batch_size: usize,
+    /// Requests waiting per model before 429. Default 256.
+    pub max_queue: usize,
+    /// Items one request may carry before 413. Default 512.
+    pub max_client_batch_size: usize,
+    /// ONNX Runtime threads per model. Default: CPU cores.
+    pub threads: usize,
+}
+
 /// What a model serves: decides which endpoints make sense for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -275,7 +297,12 @@ pub struct EmbedModelSettings {
     pub max_length: Option<u32>,
     pub use_gpu: bool,
     pub use_float16: bool,
-    /// Further keys (e.g. `pooling`, `normalize`), read by the embedding service.
+    /// `cls` or `mean`; default: the model folder's sentence-transformers config, else cls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<crate::embed::model::Pooling>,
+    /// L2-normalize embeddings. Default true.
+    pub normalize: bool,
+    /// Further keys, ignored.
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub extra: IndexMap<String, serde_yaml::Value>,
 }
@@ -289,6 +316,9 @@ pub struct Config {
     /// Global balancer settings (scraping cadence; per-model values live in each model).
     pub balancer: BalancerOptions,
     pub supervisor: SupervisorOptions,
+    /// The co-hosted embedding/rerank service, when `embedding_server` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbedServerOptions>,
     pub models: Vec<ModelConfig>,
     /// Problems worth a warning but not a refusal (unknown keys).
     #[serde(skip)]

@@ -119,6 +119,22 @@ pub struct RawEmbeddingServer {
     pub embedding_models: IndexMap<String, RawEmbedModel>,
     #[serde(default)]
     pub reranking_models: IndexMap<String, RawEmbedModel>,
+    /// `false`: an embedding server run elsewhere (only routed to, not served here).
+    #[serde(default)]
+    pub managed: Option<bool>,
+    /// Path of `libonnxruntime.so` (else `ORT_DYLIB_PATH`, else `make models`' copy).
+    #[serde(default)]
+    pub onnxruntime_path: Option<String>,
+    #[serde(default)]
+    pub max_batch_tokens: Option<usize>,
+    #[serde(default)]
+    pub max_batch_size: Option<usize>,
+    #[serde(default)]
+    pub max_queue: Option<usize>,
+    #[serde(default)]
+    pub max_client_batch_size: Option<usize>,
+    #[serde(default)]
+    pub threads: Option<usize>,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }
@@ -142,6 +158,10 @@ pub struct RawEmbedModel {
     pub use_gpu: bool,
     #[serde(default)]
     pub use_float16: bool,
+    #[serde(default)]
+    pub pooling: Option<crate::embed::model::Pooling>,
+    #[serde(default)]
+    pub normalize: Option<bool>,
     #[serde(flatten)]
     pub extra: IndexMap<String, Value>,
 }

@@ -217,8 +217,16 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         });
     }
 
+    let mut embedding = None;
     if let Some(es) = raw.embedding_server {
-        resolve_embedding(&mut c, es, &balancer, &mut models, &mut warnings);
+        resolve_embedding(
+            &mut c,
+            es,
+            &balancer,
+            &mut embedding,
+            &mut models,
+            &mut warnings,
+        );
     }
 
     if models.is_empty() {
@@ -235,6 +243,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
             router,
             balancer,
             supervisor,
+            embedding,
             models,
             warnings,
         })
@@ -465,6 +474,7 @@ fn resolve_embedding(
     c: &mut Checker<'_>,
     es: RawEmbeddingServer,
     balancer: &BalancerOptions,
+    embedding: &mut Option<super::EmbedServerOptions>,
     models: &mut Vec<ModelConfig>,
     warnings: &mut Vec<String>,
 ) {
@@ -475,6 +485,36 @@ fn resolve_embedding(
         ));
     }
     let port = c.port("embedding_server.port".into(), es.port);
+    for (k, v) in [
+        ("max_batch_tokens", es.max_batch_tokens),
+        ("max_batch_size", es.max_batch_size),
+        ("max_queue", es.max_queue),
+        ("max_client_batch_size", es.max_client_batch_size),
+        ("threads", es.threads),
+    ] {
+        if v == Some(0) {
+            c.err(format!("embedding_server.{k}"), "must be at least 1");
+        }
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let onnxruntime_path = es
+        .onnxruntime_path
+        .clone()
+        .or_else(|| std::env::var("ORT_DYLIB_PATH").ok())
+        .unwrap_or_else(|| "models/onnxruntime/libonnxruntime.so.1.31.1".into());
+    *embedding = Some(super::EmbedServerOptions {
+        host: es.host.clone(),
+        port,
+        managed: es.managed.unwrap_or(true),
+        onnxruntime_path: PathBuf::from(onnxruntime_path),
+        max_batch_tokens: es.max_batch_tokens.unwrap_or(16384).max(1),
+        max_batch_size: es.max_batch_size.unwrap_or(64).max(1),
+        max_queue: es.max_queue.unwrap_or(256).max(1),
+        max_client_batch_size: es.max_client_batch_size.unwrap_or(512).max(1),
+        threads: es.threads.unwrap_or(cores).max(1),
+    });
     let cuda_device = c.cuda("embedding_server.cuda_device".into(), es.cuda_device);
     let groups = [
         (
@@ -516,6 +556,8 @@ fn resolve_embedding(
                     max_length: m.max_length,
                     use_gpu: m.use_gpu,
                     use_float16: m.use_float16,
+                    pooling: m.pooling,
+                    normalize: m.normalize.unwrap_or(true),
                     extra: m.extra,
                 }),
             });

@@ -89,6 +89,38 @@ impl ApiError {
         )
     }
 
+    /// More items in one request than the service accepts.
+    pub fn too_many_items(got: usize, max: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "too_many_inputs",
+            format!("{got} inputs in one request; at most {max} (embedding_server.max_client_batch_size)"),
+        )
+        .with_param("input")
+    }
+
+    /// The service's queue is full: retry shortly.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "queue_full",
+            message.into(),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            message.into(),
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,0 +1,495 @@
+//! The embedding/rerank HTTP service (a Pingora `ServeHttp` app on its own listener):
+//! OpenAI `/v1/embeddings` (also the old router's rerank call), Cohere/Jina-style
+//! `/v1/rerank`, text-embeddings-inference-style `/rerank`, `/v1/models`, `/health`,
+//! `/metrics`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::BytesMut;
+use http::{Response, StatusCode};
+use indexmap::IndexMap;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{Encoder, TextEncoder};
+use serde_json::{json, Value};
+use tokenizers::Encoding;
+
+use super::batch::{BatchOptions, Batcher, SubmitError};
+use super::model::{init_runtime, Kind, ModelSpec, OnnxModel};
+use crate::config::{EmbedServerOptions, ModelConfig, ModelKind};
+use crate::proxy::error::ApiError;
+
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+pub struct EmbedService {
+    models: IndexMap<String, Batcher>,
+    max_client_batch_size: usize,
+}
+
+impl EmbedService {
+    /// Loads ONNX Runtime and every embedding/rerank model; any failure is one message.
+    pub fn load(opts: &EmbedServerOptions, models: &[ModelConfig]) -> Result<EmbedService, String> {
+        init_runtime(&opts.onnxruntime_path)?;
+        let batch = BatchOptions {
+            max_batch_tokens: opts.max_batch_tokens,
+            max_batch_size: opts.max_batch_size,
+            max_queue: opts.max_queue,
+        };
+        let mut loaded = IndexMap::new();
+        for m in models {
+            let kind = match m.kind {
+                ModelKind::Embedding => Kind::Embedding,
+                ModelKind::Rerank => Kind::Rerank,
+                ModelKind::Llm => continue,
+            };
+            let Some(e) = &m.embed else { continue };
+            if e.use_gpu {
+                tracing::warn!(model = %m.name, "use_gpu: the CPU ONNX Runtime build is loaded; running on CPU");
+            }
+            let spec = ModelSpec {
+                name: m.name.clone(),
+                kind,
+                model_path: e.model_path.clone().into(),
+                tokenizer_path: e
+                    .tokenizer_path
+                    .clone()
+                    .unwrap_or_else(|| e.model_path.clone())
+                    .into(),
+                max_length: e.max_length.unwrap_or(512) as usize,
+                pooling: e.pooling,
+                normalize: e.normalize,
+                threads: opts.threads,
+            };
+            let model = Arc::new(OnnxModel::load(&spec)?);
+            tracing::info!(model = %m.name, kind = ?kind, pooling = ?model.pooling, "embedding model loaded");
+            loaded.insert(m.name.clone(), Batcher::new(model, batch));
+        }
+        Ok(EmbedService {
+            models: loaded,
+            max_client_batch_size: opts.max_client_batch_size,
+        })
+    }
+
+    fn model(&self, name: &str) -> Result<&Batcher, ApiError> {
+        self.models.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.models.keys().map(|s| s.as_str()).collect();
+            ApiError::model_not_found(name, &names)
+        })
+    }
+
+    fn first_reranker(&self) -> Result<&Batcher, ApiError> {
+        self.models
+            .values()
+            .find(|b| b.model.kind == Kind::Rerank)
+            .ok_or_else(|| {
+                ApiError::bad_request("model_not_found", "No reranking model is configured")
+            })
+    }
+
+    async fn run(&self, b: &Batcher, items: Vec<Encoding>) -> Result<Vec<Vec<f32>>, ApiError> {
+        b.submit(items).await.map_err(|e| match e {
+            SubmitError::Overloaded => ApiError::overloaded(format!(
+                "Model `{}` is busy: its queue is full, retry shortly",
+                b.model.name
+            )),
+            SubmitError::Failed(e) => ApiError::internal(format!("inference failed: {e}")),
+        })
+    }
+
+    /// `POST /v1/embeddings`; with a reranker model and `query`, the old router's rerank.
+    async fn embeddings(&self, v: &Value) -> Result<Value, ApiError> {
+        let name = model_name(v)?;
+        let b = self.model(name)?;
+        let texts = inputs(&v["input"], self.max_client_batch_size)?;
+        if b.model.kind == Kind::Rerank {
+            let Some(query) = v["query"].as_str() else {
+                return Err(ApiError::bad_request(
+                    "model_not_supported",
+                    format!("Model `{name}` is a reranker: pass `query` with the documents as `input`, or use /v1/rerank"),
+                ));
+            };
+            let docs = texts.into_strings("input")?;
+            let (scores, tokens) = self.scores(b, query, &docs).await?;
+            let data: Vec<Value> = scores
+                .iter()
+                .enumerate()
+                .map(|(i, s)| json!({"object": "reranking", "index": i, "embedding": sigmoid(*s)}))
+                .collect();
+            return Ok(
+                json!({"object": "list", "data": data, "model": name, "usage": usage(tokens)}),
+            );
+        }
+        let base64 = match v["encoding_format"].as_str() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_encoding_format",
+                    format!("`encoding_format` must be `float` or `base64`, got `{other}`"),
+                )
+                .with_param("encoding_format"))
+            }
+        };
+        let encs = texts.encode(&b.model)?;
+        let tokens: usize = encs.iter().map(|e| e.len()).sum();
+        let vectors = self.run(b, encs).await?;
+        let data: Vec<Value> = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    json!(v)
+                };
+                json!({"object": "embedding", "index": i, "embedding": embedding})
+            })
+            .collect();
+        Ok(json!({"object": "list", "data": data, "model": name, "usage": usage(tokens)}))
+    }
+
+    /// Raw relevance logits of `docs` for `query`, with the tokens counted.
+    async fn scores(
+        &self,
+        b: &Batcher,
+        query: &str,
+        docs: &[String],
+    ) -> Result<(Vec<f32>, usize), ApiError> {
+        let encs = docs
+            .iter()
+            .map(|d| b.model.encode(query, Some(d)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::bad_request("invalid_input", e))?;
+        let tokens = encs.iter().map(|e| e.len()).sum();
+        let out = self.run(b, encs).await?;
+        Ok((
+            out.into_iter()
+                .map(|v| v.first().copied().unwrap_or(f32::NAN))
+                .collect(),
+            tokens,
+        ))
+    }
+
+    fn reranker<'a>(&'a self, v: &Value) -> Result<&'a Batcher, ApiError> {
+        let b = match v["model"].as_str() {
+            Some(name) => self.model(name)?,
+            None => self.first_reranker()?,
+        };
+        if b.model.kind != Kind::Rerank {
+            return Err(ApiError::bad_request(
+                "model_not_supported",
+                format!(
+                    "Model `{}` is an embedding model and cannot rerank; use a reranking model",
+                    b.model.name
+                ),
+            )
+            .with_param("model"));
+        }
+        Ok(b)
+    }
+
+    /// `/v1/rerank` (Cohere/Jina shape) or `/rerank` with `texts` (TEI shape).
+    async fn rerank(&self, v: &Value) -> Result<Value, ApiError> {
+        let b = self.reranker(v)?;
+        let query = v["query"].as_str().ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_query",
+                "Missing required parameter: `query` (a string)",
+            )
+            .with_param("query")
+        })?;
+        let tei = v.get("texts").is_some();
+        let field = if tei { "texts" } else { "documents" };
+        let docs: Vec<String> = match &v[field] {
+            Value::Array(a) if a.is_empty() => {
+                return Err(ApiError::bad_request(
+                    "invalid_input",
+                    format!("`{field}` must not be empty"),
+                ))
+            }
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match d {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Object(o) if o.get("text").is_some_and(Value::is_string) => {
+                        Ok(o["text"].as_str().unwrap_or_default().to_string())
+                    }
+                    _ => Err(ApiError::bad_request(
+                        "invalid_input",
+                        format!("`{field}[{i}]` must be a string or {{\"text\": string}}"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_input",
+                    format!("`{field}` must be a list of documents"),
+                )
+                .with_param("documents"))
+            }
+        };
+        if docs.len() > self.max_client_batch_size {
+            return Err(ApiError::too_many_items(
+                docs.len(),
+                self.max_client_batch_size,
+            ));
+        }
+        let (raw, tokens) = self.scores(b, query, &docs).await?;
+        let mut order: Vec<usize> = (0..docs.len()).collect();
+        order.sort_by(|&a, &c| raw[c].total_cmp(&raw[a]));
+        if tei {
+            let raw_scores = v["raw_scores"].as_bool().unwrap_or(false);
+            let with_text = v["return_text"].as_bool().unwrap_or(false);
+            let out: Vec<Value> = order
+                .iter()
+                .map(|&i| {
+                    let score = if raw_scores { raw[i] } else { sigmoid(raw[i]) };
+                    let mut r = json!({"index": i, "score": score});
+                    if with_text {
+                        r["text"] = json!(docs[i]);
+                    }
+                    r
+                })
+                .collect();
+            return Ok(Value::Array(out));
+        }
+        let top_n = v["top_n"]
+            .as_u64()
+            .map(|n| n as usize)
+            .unwrap_or(docs.len());
+        let with_docs = v["return_documents"].as_bool().unwrap_or(false);
+        let results: Vec<Value> = order
+            .iter()
+            .take(top_n)
+            .map(|&i| {
+                let mut r = json!({"index": i, "relevance_score": sigmoid(raw[i])});
+                if with_docs {
+                    r["document"] = json!({"text": docs[i]});
+                }
+                r
+            })
+            .collect();
+        Ok(
+            json!({"id": format!("rerank-{:x}", rand_id()), "model": b.model.name, "results": results, "usage": {"total_tokens": tokens}}),
+        )
+    }
+
+    fn models_list(&self) -> Value {
+        let data: Vec<Value> = self
+            .models
+            .values()
+            .map(|b| {
+                json!({"id": b.model.name, "object": "model", "owned_by": "llm-router",
+                "kind": if b.model.kind == Kind::Rerank { "rerank" } else { "embedding" }})
+            })
+            .collect();
+        json!({"object": "list", "data": data})
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn usage(tokens: usize) -> Value {
+    json!({"prompt_tokens": tokens, "total_tokens": tokens})
+}
+
+fn model_name(v: &Value) -> Result<&str, ApiError> {
+    v["model"].as_str().ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_model",
+            "Missing required parameter: `model` (a string)",
+        )
+        .with_param("model")
+    })
+}
+
+/// `input` in any of OpenAI's forms.
+enum Inputs {
+    Texts(Vec<String>),
+    Ids(Vec<Vec<u32>>),
+}
+
+impl Inputs {
+    fn into_strings(self, field: &str) -> Result<Vec<String>, ApiError> {
+        match self {
+            Inputs::Texts(t) => Ok(t),
+            Inputs::Ids(_) => Err(ApiError::bad_request(
+                "invalid_input",
+                format!("`{field}` must be strings for reranking"),
+            )),
+        }
+    }
+
+    fn encode(self, m: &OnnxModel) -> Result<Vec<Encoding>, ApiError> {
+        match self {
+            Inputs::Texts(t) => t
+                .iter()
+                .map(|s| m.encode(s, None))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ApiError::bad_request("invalid_input", e)),
+            Inputs::Ids(ids) => Ok(ids.iter().map(|i| m.encode_ids(i)).collect()),
+        }
+    }
+}
+
+/// Validates `input`: a string, strings, token ids, or lists of token ids.
+fn inputs(v: &Value, max_items: usize) -> Result<Inputs, ApiError> {
+    let bad = |msg: String| Err(ApiError::bad_request("invalid_input", msg).with_param("input"));
+    let ids = |a: &Vec<Value>| -> Option<Vec<u32>> {
+        a.iter()
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect()
+    };
+    let items = match v {
+        Value::String(s) if s.is_empty() => return bad("`input` must not be empty".into()),
+        Value::String(s) => return Ok(Inputs::Texts(vec![s.clone()])),
+        Value::Array(a) if a.is_empty() => return bad("`input` must not be an empty list".into()),
+        Value::Array(a) => a,
+        Value::Null => return bad("Missing required parameter: `input`".into()),
+        _ => {
+            return bad("`input` must be a string, a list of strings or a list of token ids".into())
+        }
+    };
+    if items.len() > max_items {
+        return Err(ApiError::too_many_items(items.len(), max_items));
+    }
+    if items.iter().all(Value::is_number) {
+        return match ids(items) {
+            Some(i) => Ok(Inputs::Ids(vec![i])),
+            None => bad("token ids must be integers in 0..2^32".into()),
+        };
+    }
+    if items.iter().all(Value::is_array) {
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x.as_array().and_then(ids) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(ApiError::bad_request(
+                    "invalid_input",
+                    format!("`input[{i}]` must be a non-empty list of token ids"),
+                )
+                .with_param("input")),
+            })
+            .collect::<Result<_, _>>()
+            .map(Inputs::Ids);
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, x)| match x {
+            Value::String(s) if !s.is_empty() => Ok(s.clone()),
+            Value::String(_) => Err(ApiError::bad_request(
+                "invalid_input",
+                format!("`input[{i}]` is an empty string"),
+            )
+            .with_param("input")),
+            _ => Err(ApiError::bad_request(
+                "invalid_input",
+                format!("`input[{i}]` must be a string"),
+            )
+            .with_param("input")),
+        })
+        .collect::<Result<_, _>>()
+        .map(Inputs::Texts)
+}
+
+fn json_response(status: u16, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn error_response(e: &ApiError) -> Response<Vec<u8>> {
+    let mut r = json_response(e.status.as_u16(), e.body().to_vec());
+    if let Some(s) = e.retry_after {
+        if let Ok(v) = s.to_string().parse() {
+            r.headers_mut().insert("retry-after", v);
+        }
+    }
+    r
+}
+
+async fn read_body(s: &mut ServerSession) -> Result<Value, ApiError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match s.read_request_body().await {
+            Ok(Some(c)) => {
+                if buf.len() + c.len() > MAX_BODY {
+                    return Err(ApiError::too_large(MAX_BODY as u64));
+                }
+                buf.extend_from_slice(&c);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    format!("Could not read the request body: {e}"),
+                ))
+            }
+        }
+    }
+    serde_json::from_slice(&buf).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("Request body is not valid JSON: {e}"),
+        )
+    })
+}
+
+#[async_trait]
+impl ServeHttp for EmbedService {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = s.req_header().method.as_str().to_string();
+        let path = s.req_header().uri.path().trim_end_matches('/').to_string();
+        let result = match (method.as_str(), path.as_str()) {
+            ("GET", "/health") => Ok(json!({"status": "ok"})),
+            ("GET", "/v1/models") => Ok(self.models_list()),
+            ("GET", "/metrics") => {
+                let mut out = Vec::new();
+                let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .body(out)
+                    .unwrap_or_default();
+            }
+            ("POST", "/v1/embeddings" | "/embeddings") => match read_body(s).await {
+                Ok(v) => self.embeddings(&v).await,
+                Err(e) => Err(e),
+            },
+            ("POST", "/v1/rerank" | "/rerank") => match read_body(s).await {
+                Ok(v) => self.rerank(&v).await,
+                Err(e) => Err(e),
+            },
+            (_, "/health" | "/v1/models" | "/metrics") => {
+                Err(ApiError::method_not_allowed(&method, &path, "GET"))
+            }
+            (_, "/v1/embeddings" | "/embeddings" | "/v1/rerank" | "/rerank") => {
+                Err(ApiError::method_not_allowed(&method, &path, "POST"))
+            }
+            _ => Err(ApiError::path_not_found(&path)),
+        };
+        match result {
+            Ok(v) => json_response(200, v.to_string().into_bytes()),
+            Err(e) => error_response(&e),
+        }
+    }
+}
