@@ -111,7 +111,20 @@ impl Router {
         endpoint: routes::Endpoint,
     ) -> Result<(), ApiError> {
         let body = read_body(session, self.max_body_bytes).await?;
-        let info = body::inspect(&body)?;
+        let info = match body::inspect(&body) {
+            // text-embeddings-inference's `/rerank` names no model: the first reranker.
+            Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
+                let Some(m) = self.registry.models().find(|m| m.kind == ModelKind::Rerank) else {
+                    return Err(e);
+                };
+                ctx.model = Some(m.name.clone());
+                return self
+                    .forwarder
+                    .forward(session, m, body, b"", &mut ctx.outcome)
+                    .await;
+            }
+            r => r?,
+        };
         ctx.model = Some(info.model.clone());
         let model = self
             .registry
