@@ -20,9 +20,9 @@ test:
 e2e: build
 	scripts/e2e.sh
 
-# Router vs direct, mock engines on loopback; prints a markdown table.
-bench: setup
-	cargo bench --benches
+# Benchmarks (router vs direct, selection, polling, embeddings); markdown tables.
+bench:
+	scripts/bench.sh
 
 setup:
 	scripts/setup.sh
