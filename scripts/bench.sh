@@ -10,4 +10,4 @@ if ! "$CACHE/venv/bin/python" -c "import onnxruntime, tokenizers, numpy" 2>/dev/
   echo "[bench] installing bench/requirements.txt (Python reference for the embedding benchmark)"
   "$CACHE/venv/bin/pip" install -q -r bench/requirements.txt
 fi
-BENCH_PYTHON="$CACHE/venv/bin/python" cargo bench --benches 2>&1 | grep -E '^\|' || true
+BENCH_PYTHON="$CACHE/venv/bin/python" cargo bench --benches

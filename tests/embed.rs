@@ -408,3 +408,62 @@ fn a_missing_onnxruntime_is_one_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_clients_that_left_are_dropped_from_the_queue() {
+    let (_r, embed_port) = start("").await;
+    let url = format!("http://127.0.0.1:{embed_port}/v1/embeddings");
+    let c = reqwest::Client::new();
+    // Keep the model busy for a while...
+    let long = "a fairly long sentence to make each inference take a little while ".repeat(30);
+    let busy = {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move {
+            let input = vec![long; 64];
+            c.post(url)
+                .json(&json!({"model": "ms-marco-MiniLM-L-12-v2", "query": "q", "input": input}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // ...while 10 clients queue and give up.
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(150))
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        let r = impatient
+            .post(&url)
+            .json(&json!({"model": "ms-marco-MiniLM-L-12-v2", "query": "q", "input": [format!("doc {i}")]}))
+            .send()
+            .await;
+        assert!(r.is_err(), "expected a client timeout while queued");
+    }
+    assert_eq!(busy.await.unwrap(), 200);
+    let (st, _) = {
+        let resp = c
+            .post(&url)
+            .json(&json!({"model": "ms-marco-MiniLM-L-12-v2", "query": "q", "input": ["probe"]}))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), ())
+    };
+    assert_eq!(st, 200);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{embed_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sum: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("llm_router_embed_batch_size_sum") && l.contains("ms-marco"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(sum, 65.0, "the 10 abandoned requests were computed anyway");
+}

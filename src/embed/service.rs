@@ -45,8 +45,13 @@ impl EmbedService {
                 ModelKind::Llm => continue,
             };
             let Some(e) = &m.embed else { continue };
+            // The CUDA execution provider needs onnxruntime-gpu's library; the CPU build
+            // from `make models` has neither CUDA nor fp16 kernels worth using.
             if e.use_gpu {
-                tracing::warn!(model = %m.name, "use_gpu: the CPU ONNX Runtime build is loaded; running on CPU");
+                tracing::warn!(model = %m.name, "use_gpu: no CUDA execution provider in this ONNX Runtime; running on CPU");
+            }
+            if e.use_float16 {
+                tracing::warn!(model = %m.name, "use_float16: ignored on CPU; running the model as exported");
             }
             let spec = ModelSpec {
                 name: m.name.clone(),
@@ -454,6 +459,18 @@ async fn read_body(s: &mut ServerSession) -> Result<Value, ApiError> {
     })
 }
 
+/// Runs `work` unless the client hangs up first: then `work` is dropped, and with it the
+/// request's place in the batching queue (the inference thread skips it).
+async fn until_client_leaves<F>(s: &mut ServerSession, work: F) -> Result<Value, ApiError>
+where
+    F: std::future::Future<Output = Result<Value, ApiError>>,
+{
+    tokio::select! {
+        r = work => r,
+        _ = s.read_body_or_idle(true) => Err(ApiError::bad_request("client_gone", "client closed the connection")),
+    }
+}
+
 #[async_trait]
 impl ServeHttp for EmbedService {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
@@ -472,11 +489,11 @@ impl ServeHttp for EmbedService {
                     .unwrap_or_default();
             }
             ("POST", "/v1/embeddings" | "/embeddings") => match read_body(s).await {
-                Ok(v) => self.embeddings(&v).await,
+                Ok(v) => until_client_leaves(s, self.embeddings(&v)).await,
                 Err(e) => Err(e),
             },
             ("POST", "/v1/rerank" | "/rerank") => match read_body(s).await {
-                Ok(v) => self.rerank(&v).await,
+                Ok(v) => until_client_leaves(s, self.rerank(&v)).await,
                 Err(e) => Err(e),
             },
             (_, "/health" | "/v1/models" | "/metrics") => {
