@@ -207,16 +207,13 @@ fn run(cli: Cli, path: &Path) -> i32 {
     server.bootstrap();
     // After bootstrap: in daemon mode it forks, and ONNX Runtime's and the batchers'
     // threads would not survive the fork.
-    match embed_service(&config, &server) {
-        Ok(Some(e)) => {
-            server.add_service(e);
-        }
-        Ok(None) => {}
+    let embed = match embed_service(&config, &server) {
+        Ok(e) => e.map(|e| server.add_service(e)),
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_CONFIG;
         }
-    }
+    };
     let phases = server.watch_execution_phase();
     server.add_service(background_service(
         "drain watch",
@@ -225,7 +222,11 @@ fn run(cli: Cli, path: &Path) -> i32 {
     server.add_service(background_service("engine supervisor", supervisor));
     server.add_service(background_service("metrics scraper", scraper));
     for h in health {
-        server.add_service(h);
+        let handle = server.add_service(h);
+        // Health checks start once the co-hosted embedding service listens.
+        if let Some(e) = &embed {
+            handle.add_dependency(e);
+        }
     }
     let mut svc = http_proxy_service(&server.configuration, router);
     let listen = config.router.listen.to_string();
