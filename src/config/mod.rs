@@ -48,6 +48,8 @@ pub struct RouterOptions {
     pub max_attempts: Option<usize>,
     /// `Retry-After` seconds sent with a 503. Default 1.
     pub retry_after_s: u64,
+    /// Access log on stdout: `logfmt` (default), `json` or `off`.
+    pub access_log: crate::telemetry::access::AccessLogFormat,
 }
 
 impl Default for RouterOptions {
@@ -64,6 +66,7 @@ impl Default for RouterOptions {
             max_body_bytes: 32 * 1024 * 1024,
             max_attempts: None,
             retry_after_s: 1,
+            access_log: Default::default(),
         }
     }
 }

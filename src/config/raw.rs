@@ -179,6 +179,7 @@ pub struct RawRouter {
     pub max_body_bytes: Option<u64>,
     pub max_attempts: Option<usize>,
     pub retry_after_s: Option<u64>,
+    pub access_log: Option<crate::telemetry::access::AccessLogFormat>,
 }
 
 /// `balancer:` (global) and `LLM_engines.<model>.balancer:` (per model, overriding the

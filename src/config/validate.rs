@@ -465,6 +465,7 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
         max_body_bytes: r.max_body_bytes.unwrap_or(d.max_body_bytes),
         max_attempts: r.max_attempts,
         retry_after_s: r.retry_after_s.unwrap_or(d.retry_after_s),
+        access_log: r.access_log.unwrap_or(d.access_log),
     }
 }
 

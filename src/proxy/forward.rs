@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use super::error::ApiError;
 use crate::balance::{InFlightGuard, Model};
 use crate::config::RouterOptions;
+use crate::telemetry::metrics;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus
 /// `expect`: we hold the whole body already.
@@ -54,6 +55,47 @@ pub struct Outcome {
     /// without a clean end, so it sees the truncation.
     pub upstream_cut: bool,
     pub ttfb: Option<Duration>,
+    /// From the engine's `usage` (JSON answer, or the final SSE chunk).
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+}
+
+/// Largest JSON answer scanned for `usage`.
+const USAGE_SCAN_LIMIT: usize = 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+struct UsageProbe {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(serde::Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+impl Outcome {
+    fn take_usage(&mut self, json: &[u8]) {
+        if let Ok(UsageProbe { usage: Some(u) }) = serde_json::from_slice::<UsageProbe>(json) {
+            self.prompt_tokens = u.prompt_tokens.or(self.prompt_tokens);
+            self.completion_tokens = u.completion_tokens.or(self.completion_tokens);
+        }
+    }
+
+    /// SSE: the `data:` lines of `chunk` that carry a `usage` object.
+    fn scan_sse(&mut self, chunk: &[u8]) {
+        if !chunk.windows(7).any(|w| w == b"\"usage\"") {
+            return;
+        }
+        for line in chunk.split(|b| *b == b'\n') {
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                self.take_usage(data);
+            }
+        }
+    }
 }
 
 /// Why one attempt did not produce a response header.
@@ -103,17 +145,27 @@ impl Forwarder {
                 Ok(up) => {
                     out.instance = Some(inst.id.clone());
                     out.ttfb = Some(started.elapsed());
-                    return self.relay(session, up, guard, out).await;
+                    return self.relay(session, up, guard, out, started).await;
                 }
                 Err(AttemptError::Retry(why)) => {
                     warn!(model = %model.name, instance = %inst.id, url = %inst.url, reason = %why,
                         "upstream attempt failed before the engine answered; failing over");
                     inst.record_failure(&why);
+                    metrics::FAILOVERS
+                        .with_label_values(&[&model.name, &inst.id])
+                        .inc();
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&[&model.name, &inst.id, "connect"])
+                        .inc();
                     out.failovers.push(format!("{}: {why}", inst.id));
                 }
                 Err(AttemptError::Fatal(e)) => {
                     out.instance = Some(inst.id.clone());
                     inst.record_failure(&e.message);
+                    let kind = if e.status == 504 { "timeout" } else { "read" };
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&[&model.name, &inst.id, kind])
+                        .inc();
                     return Err(e);
                 }
                 Err(AttemptError::ClientGone) => {
@@ -195,6 +247,7 @@ impl Forwarder {
         mut up: HttpSession,
         guard: InFlightGuard,
         out: &mut Outcome,
+        started: Instant,
     ) -> Result<(), ApiError> {
         let inst = guard.instance().clone();
         let Some(resp) = up.response_header() else {
@@ -204,8 +257,27 @@ impl Forwarder {
         // A 5xx is the engine failing (4xx is the client's doing).
         if resp.status.is_server_error() {
             inst.record_failure(&format!("answered {}", resp.status));
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[&inst.model, &inst.id, "status_5xx"])
+                .inc();
         }
-        let down = downstream_header(resp);
+        let mut down = downstream_header(resp);
+        if let Some(id) = session.req_header().headers.get(super::REQUEST_ID).cloned() {
+            let _ = down.insert_header(super::REQUEST_ID, id);
+        }
+        let content_type = |prefix: &str| {
+            resp.headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(prefix))
+        };
+        let is_sse = content_type("text/event-stream");
+        let mut json_body = content_type("application/json").then(BytesMut::new);
+        let mut last_event: Option<Instant> = None;
+        let (ttft, gap) = (
+            metrics::TTFT.with_label_values(&[&inst.model, &inst.id]),
+            metrics::TOKEN_GAP.with_label_values(&[&inst.model, &inst.id]),
+        );
         let no_body = up.response_done();
         if session
             .write_response_header(Box::new(down), no_body)
@@ -235,6 +307,20 @@ impl Forwarder {
             };
             match chunk {
                 Ok(Some(data)) => {
+                    if is_sse {
+                        match last_event {
+                            None => ttft.observe(started.elapsed().as_secs_f64()),
+                            Some(t) => gap.observe(t.elapsed().as_secs_f64()),
+                        }
+                        last_event = Some(Instant::now());
+                        out.scan_sse(&data);
+                    } else if let Some(buf) = json_body.as_mut() {
+                        if buf.len() + data.len() <= USAGE_SCAN_LIMIT {
+                            buf.extend_from_slice(&data);
+                        } else {
+                            json_body = None;
+                        }
+                    }
                     // Ending with the last chunk saves a write for fixed-length answers.
                     let last = up.response_done();
                     if session.write_response_body(Some(data), last).await.is_err() {
@@ -253,6 +339,9 @@ impl Forwarder {
                     // connection so it sees a truncated body, not a clean (wrong) end.
                     warn!(instance = %inst.id, error = %e, "engine response cut mid-body");
                     inst.record_failure("response cut mid-body");
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&[&inst.model, &inst.id, "cut"])
+                        .inc();
                     out.upstream_cut = true;
                     return Ok(());
                 }
@@ -264,6 +353,18 @@ impl Forwarder {
         if out.status.is_some_and(|s| s < 500) {
             inst.record_success();
         }
+        if let Some(buf) = json_body {
+            out.take_usage(&buf);
+        }
+        let tokens = |kind: &str, n: Option<u64>| {
+            if let Some(n) = n {
+                metrics::TOKENS
+                    .with_label_values(&[&inst.model, kind])
+                    .inc_by(n as f64);
+            }
+        };
+        tokens("prompt", out.prompt_tokens);
+        tokens("completion", out.completion_tokens);
         self.connector
             .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))
             .await;

@@ -20,11 +20,16 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::balance::{Model, Registry};
 use crate::config::{AffinityKey, Config, ModelKind, Policy};
+use crate::telemetry::access::{now_rfc3339, AccessLogFormat, AccessRecord};
+use crate::telemetry::metrics;
 use error::ApiError;
+
+/// The header naming a request end to end (client, router, engine, logs).
+pub const REQUEST_ID: &str = "x-request-id";
 use forward::{Forwarder, Outcome};
 use routes::Route;
 
@@ -36,13 +41,19 @@ pub struct Router {
     /// `created` of `/v1/models` entries: when this router started.
     started_unix: u64,
     draining: drain::Draining,
+    access_log: AccessLogFormat,
+    /// Seeds generated request ids.
+    id_counter: std::sync::atomic::AtomicU64,
 }
 
 /// Per-request state, kept for logging.
 #[derive(Default)]
 pub struct RequestCtx {
     start: Option<Instant>,
+    /// A configured model name (bounded metric label), once known.
     model: Option<String>,
+    endpoint: &'static str,
+    request_id: String,
     outcome: Outcome,
     error: Option<ApiError>,
 }
@@ -58,6 +69,8 @@ impl Router {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             draining,
+            access_log: config.router.access_log,
+            id_counter: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -95,12 +108,29 @@ impl Router {
                 write_json(session, 200, self.model_card(m).to_string().into()).await;
                 Ok(())
             }
+            Route::Metrics => {
+                let body = crate::telemetry::metrics::render(&self.registry);
+                let _ = write_response(
+                    session,
+                    200,
+                    body.into(),
+                    &[(
+                        "content-type",
+                        "text/plain; version=0.0.4; charset=utf-8".to_string(),
+                    )],
+                )
+                .await;
+                Ok(())
+            }
             Route::Instances => {
                 let body = json!({ "object": "list", "data": self.registry.views() });
                 write_json(session, 200, body.to_string().into()).await;
                 Ok(())
             }
-            Route::Inference(endpoint) => self.inference(session, ctx, endpoint).await,
+            Route::Inference(endpoint) => {
+                ctx.endpoint = endpoint.label();
+                self.inference(session, ctx, endpoint).await
+            }
         }
     }
 
@@ -125,11 +155,11 @@ impl Router {
             }
             r => r?,
         };
-        ctx.model = Some(info.model.clone());
         let model = self
             .registry
             .get(&info.model)
             .ok_or_else(|| self.not_found(&info.model))?;
+        ctx.model = Some(model.name.clone());
         if !endpoint.accepts(model.kind) {
             return Err(ApiError::bad_request(
                 "model_not_supported",
@@ -147,6 +177,33 @@ impl Router {
         self.forwarder
             .forward(session, model, body, key.as_bytes(), &mut ctx.outcome)
             .await
+    }
+
+    /// The client's `x-request-id` when it is a sane token, else a new one; set on the
+    /// request (so the engine gets it) and returned on every answer.
+    fn request_id(&self, session: &mut Session) -> String {
+        let given = session
+            .req_header()
+            .headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string);
+        let id = given.unwrap_or_else(|| {
+            let n = self
+                .id_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            format!(
+                "{:016x}",
+                crate::balance::select::mix(n ^ t.rotate_left(17))
+            )
+        });
+        let _ = session.req_header_mut().insert_header(REQUEST_ID, &id);
+        id
     }
 
     fn not_found(&self, name: &str) -> ApiError {
@@ -265,8 +322,8 @@ async fn write_response(
     session.write_response_body(Some(body), true).await
 }
 
-async fn write_error(session: &mut Session, e: &ApiError) {
-    let mut extra = Vec::new();
+async fn write_error(session: &mut Session, e: &ApiError, request_id: &str) {
+    let mut extra = vec![(REQUEST_ID, request_id.to_string())];
     if let Some(s) = e.retry_after {
         extra.push(("retry-after", s.to_string()));
     }
@@ -289,6 +346,8 @@ impl ProxyHttp for Router {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = Some(Instant::now());
+        ctx.endpoint = "local";
+        ctx.request_id = self.request_id(session);
         if self.draining.is_set() {
             // Leaving (upgrade or stop): answer with `Connection: close`, so that clients do
             // not keep an idle connection that this process is about to close under them.
@@ -296,7 +355,7 @@ impl ProxyHttp for Router {
         }
         if let Err(e) = self.handle(session, ctx).await {
             if !response_started(session) {
-                write_error(session, &e).await;
+                write_error(session, &e, &ctx.request_id).await;
             }
             ctx.error = Some(e);
         }
@@ -319,7 +378,12 @@ impl ProxyHttp for Router {
         let started = response_started(session);
         if !started {
             // Not expected (request_filter answers its own errors), but never plain text.
-            write_error(session, &ApiError::bad_gateway(format!("proxy error: {e}"))).await;
+            write_error(
+                session,
+                &ApiError::bad_gateway(format!("proxy error: {e}")),
+                "",
+            )
+            .await;
         }
         FailToProxy {
             error_code: if started { 0 } else { 502 },
@@ -337,26 +401,49 @@ impl ProxyHttp for Router {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let h = session.req_header();
-        let elapsed = ctx
-            .start
-            .map(|s| s.elapsed().as_secs_f64() * 1000.0)
-            .unwrap_or(0.0);
+        let elapsed = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
         let status = ctx
             .error
             .as_ref()
             .map(|e| e.status.as_u16())
             .or(ctx.outcome.status)
             .unwrap_or(0);
+        let model = ctx.model.as_deref().unwrap_or("none");
+        let instance = ctx.outcome.instance.as_deref().unwrap_or("none");
+        if ctx.endpoint != "local" {
+            metrics::REQUESTS
+                .with_label_values(&[model, instance, ctx.endpoint, metrics::status_class(status)])
+                .inc();
+            metrics::DURATION
+                .with_label_values(&[model, ctx.endpoint])
+                .observe(elapsed.as_secs_f64());
+        }
         if let Some(e) = &ctx.error {
             if e.status.is_server_error() {
-                warn!(method = %h.method, path = %h.uri.path(), model = ?ctx.model, status,
-                    duration_ms = elapsed, error = %e.message, "request failed");
+                warn!(request_id = %ctx.request_id, method = %h.method, path = %h.uri.path(), model, status,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0, error = %e.message, "request failed");
             }
         }
-        if !ctx.outcome.failovers.is_empty() {
-            info!(model = ?ctx.model, instance = ?ctx.outcome.instance, status,
-                failovers = ?ctx.outcome.failovers, "request failed over");
+        AccessRecord {
+            time: now_rfc3339(),
+            request_id: &ctx.request_id,
+            client: session
+                .client_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            method: h.method.as_str(),
+            path: h.uri.path(),
+            model: ctx.model.as_deref(),
+            instance: ctx.outcome.instance.as_deref(),
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            ttfb_ms: ctx.outcome.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+            prompt_tokens: ctx.outcome.prompt_tokens,
+            completion_tokens: ctx.outcome.completion_tokens,
+            failovers: &ctx.outcome.failovers,
+            error: ctx.error.as_ref().map(|e| e.message.as_str()),
         }
+        .write(self.access_log);
     }
 }
 

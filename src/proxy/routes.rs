@@ -22,6 +22,16 @@ impl Endpoint {
         }
     }
 
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Rerank => "rerank",
+        }
+    }
+
     /// Whether a model of `kind` can answer this endpoint. LLM engines may serve
     /// embeddings (vLLM pooling models), so only the obviously wrong pairs are refused.
     pub fn accepts(self, kind: ModelKind) -> bool {
@@ -41,6 +51,8 @@ pub enum Route {
     Model(String),
     /// `GET /v1/router/instances`: live state of every instance.
     Instances,
+    /// `GET /metrics`: the router's Prometheus metrics.
+    Metrics,
     Inference(Endpoint),
 }
 
@@ -56,6 +68,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/health" => (Route::Health, "GET, HEAD"),
         "/v1/models" => (Route::Models, "GET, HEAD"),
         "/v1/router/instances" => (Route::Instances, "GET, HEAD"),
+        "/metrics" => (Route::Metrics, "GET, HEAD"),
         "/v1/chat/completions" => (Route::Inference(Endpoint::ChatCompletions), "POST"),
         "/v1/completions" => (Route::Inference(Endpoint::Completions), "POST"),
         "/v1/embeddings" => (Route::Inference(Endpoint::Embeddings), "POST"),

@@ -256,6 +256,9 @@ impl Supervisor {
             };
             inst.stats().set_process(Process::Down);
             inst.log_state_change(&inst.snapshot());
+            crate::telemetry::metrics::ENGINE_RESTARTS
+                .with_label_values(&[&spec.model, &spec.instance])
+                .inc();
             if started.elapsed() >= BACKOFF_RESET_AFTER {
                 backoff = BACKOFF_START;
             }

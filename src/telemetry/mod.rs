@@ -1,4 +1,8 @@
-//! Logging set-up (the router's metrics and access log come with the operations issue).
+//! Logging set-up, the router's Prometheus metrics ([`metrics`]) and the access log
+//! ([`access`]).
+
+pub mod access;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

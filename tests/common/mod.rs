@@ -71,7 +71,7 @@ impl RouterProc {
             .arg("-c")
             .arg(&pconf)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -108,6 +108,11 @@ impl RouterProc {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The access log (the router's stdout), one line per request.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 }
 

@@ -1,0 +1,137 @@
+//! The router's own Prometheus metrics. Label values are bounded: model and instance
+//! names come from the config (an unknown requested model is `unknown`), endpoints from
+//! the route table, status as a class.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_counter_vec, register_gauge_vec, register_histogram_vec, CounterVec, Encoder,
+    GaugeVec, HistogramVec, TextEncoder,
+};
+
+use crate::balance::stats::State;
+use crate::balance::Registry;
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ]
+}
+
+pub static REQUESTS: LazyLock<CounterVec> = LazyLock::new(|| {
+    register_counter_vec!(
+        "llm_router_requests_total",
+        "Requests answered, by model, instance, endpoint and status class",
+        &["model", "instance", "endpoint", "status"]
+    )
+    .expect("registers once")
+});
+
+pub static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "llm_router_request_duration_seconds",
+        "Time from request to the end of the response",
+        &["model", "endpoint"],
+        latency_buckets()
+    )
+    .expect("registers once")
+});
+
+pub static TTFT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "llm_router_time_to_first_token_seconds",
+        "Streams: time from request to the first event",
+        &["model", "instance"],
+        latency_buckets()
+    )
+    .expect("registers once")
+});
+
+pub static TOKEN_GAP: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "llm_router_inter_token_gap_seconds",
+        "Streams: time between two events",
+        &["model", "instance"],
+        vec![0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+    )
+    .expect("registers once")
+});
+
+pub static FAILOVERS: LazyLock<CounterVec> = LazyLock::new(|| {
+    register_counter_vec!(
+        "llm_router_failovers_total",
+        "Attempts abandoned for another instance before the engine answered",
+        &["model", "instance"]
+    )
+    .expect("registers once")
+});
+
+pub static UPSTREAM_ERRORS: LazyLock<CounterVec> = LazyLock::new(|| {
+    register_counter_vec!(
+        "llm_router_upstream_errors_total",
+        "Upstream failures by kind (connect, timeout, read, status_5xx, cut)",
+        &["model", "instance", "kind"]
+    )
+    .expect("registers once")
+});
+
+pub static TOKENS: LazyLock<CounterVec> = LazyLock::new(|| {
+    register_counter_vec!(
+        "llm_router_tokens_total",
+        "Tokens from the engines' `usage` (JSON answers and the final SSE chunk)",
+        &["model", "kind"]
+    )
+    .expect("registers once")
+});
+
+pub static ENGINE_RESTARTS: LazyLock<CounterVec> = LazyLock::new(|| {
+    register_counter_vec!(
+        "llm_router_engine_restarts_total",
+        "Engine processes that died or were declared dead",
+        &["model", "instance"]
+    )
+    .expect("registers once")
+});
+
+static INSTANCE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "llm_router_instance",
+        "Live inputs of the choice per instance (in_flight, running, waiting, kv_usage, score, scrape_age_seconds, healthy)",
+        &["model", "instance", "value"]
+    )
+    .expect("registers once")
+});
+
+/// Status class label: `2xx`, `4xx`, ...
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// The Prometheus text page: instance gauges refreshed from the registry, then everything
+/// registered in this process (the embedding service's histograms included).
+pub fn render(registry: &Registry) -> Vec<u8> {
+    for v in registry.views() {
+        let s = &v.snapshot;
+        let set = |name: &str, x: f64| INSTANCE.with_label_values(&[v.model, v.id, name]).set(x);
+        set("in_flight", s.in_flight as f64);
+        set("running", s.running);
+        set("waiting", s.waiting);
+        set("kv_usage", s.kv_usage);
+        set("score", v.score);
+        set("scrape_age_seconds", s.scrape_age_s.unwrap_or(-1.0));
+        set("healthy", if s.state == State::Healthy { 1.0 } else { 0.0 });
+    }
+    // Make sure the families exist even before the first request.
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&ENGINE_RESTARTS);
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
+    out
+}
