@@ -5,7 +5,7 @@ pub mod mock_vllm;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
