@@ -23,11 +23,6 @@ fn registry(n: usize, policy: &str) -> Registry {
     ));
     let cfg = Config::from_yaml_str(&yaml, std::path::Path::new("bench.yaml")).unwrap();
     let reg = Registry::new(&cfg).unwrap();
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(reg.init())
-        .unwrap();
     let now = now_ms();
     for (k, inst) in reg.get("m").unwrap().instances.iter().enumerate() {
         let x = (k * 7919 % 101) as f64;

@@ -189,16 +189,6 @@ fn run(cli: Cli, path: &Path) -> i32 {
             return 1;
         }
     };
-    // Build every model's selector now, so the first request finds its instances.
-    let init = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(router.registry().init()));
-    if let Err(e) = init {
-        error!("cannot initialise the balancer: {e}");
-        return 1;
-    }
     let scraper = Scraper::new(router.registry(), &config.balancer);
     let supervisor = Supervisor::new(&config, router.registry(), server.watch_execution_phase());
     let engines = supervisor.engine_count();

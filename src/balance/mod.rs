@@ -174,7 +174,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds the registry, resolving every instance's host once.
+    /// Builds the registry (resolving every instance's host once) with every model's
+    /// selector ready.
     pub fn new(config: &Config) -> Result<Self, String> {
         let mut models = IndexMap::new();
         for m in &config.models {
@@ -197,7 +198,14 @@ impl Registry {
                 }
             }
         }
-        Ok(Registry { models, aliases })
+        let reg = Registry { models, aliases };
+        // Selectors are built by an async discovery pass; static discovery does no I/O,
+        // so a throw-away runtime is enough. Call this outside any async runtime.
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| format!("cannot build the balancer: {e}"))?
+            .block_on(reg.init())?;
+        Ok(reg)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
@@ -212,7 +220,7 @@ impl Registry {
 
     /// Builds every model's selector (the load balancers' first discovery pass) so that
     /// requests can be served before the background services run.
-    pub async fn init(&self) -> Result<(), String> {
+    async fn init(&self) -> Result<(), String> {
         for m in self.models.values() {
             m.lb.update()
                 .await
@@ -318,13 +326,7 @@ mod tests {
 
     fn registry(yaml: &str) -> Registry {
         let cfg = Config::from_yaml_str(yaml, std::path::Path::new("t.yaml")).unwrap();
-        let reg = Registry::new(&cfg).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(reg.init())
-            .unwrap();
-        reg
+        Registry::new(&cfg).unwrap()
     }
 
     const THREE: &str = "LLM_engines:\n  m:\n    instances:\n      - {id: a, host: 127.0.0.1, port: 1}\n      - {id: b, host: 127.0.0.1, port: 2}\n      - {id: c, host: 127.0.0.1, port: 3}\n    model_config: {model_tag: t}\n";
@@ -382,11 +384,6 @@ mod process_tests {
         )
         .unwrap();
         let reg = Registry::new(&cfg).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(reg.init())
-            .unwrap();
         let m = reg.get("m").unwrap();
         m.instances[0].stats().set_process(stats::Process::Starting);
         for _ in 0..4 {
