@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{instances, MockVllm, RouterProc};
+use common::{instances, wait_for, MockVllm, RouterProc};
 use serde_json::{json, Value};
 
 /// Fast polling so tests see gauge changes within a few hundred ms.
@@ -38,29 +38,18 @@ async fn send(c: &reqwest::Client, r: &RouterProc, headers: &[(&str, &str)]) -> 
 }
 
 async fn instances_view(r: &RouterProc) -> Vec<Value> {
-    let v: Value = reqwest::get(r.url("/v1/router/instances"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"].as_array().unwrap().clone()
+    r.instances().await
 }
 
 /// Waits until `/v1/router/instances` satisfies `cond` (up to 5 s).
 async fn wait_view(r: &RouterProc, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let t0 = Instant::now();
-    loop {
-        let v = instances_view(r).await;
-        if cond(&v) {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "timed out waiting for {what}: {v:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut last = Vec::new();
+    wait_for(what, Duration::from_secs(5), async || {
+        last = r.instances().await;
+        cond(&last)
+    })
+    .await;
+    last
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

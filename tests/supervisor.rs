@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{dead_port, RouterProc};
+use common::{dead_port, wait_for, RouterProc};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -83,24 +83,10 @@ impl Setup {
 }
 
 async fn state(r: &RouterProc) -> String {
-    let v: Value = reqwest::get(r.url("/v1/router/instances"))
-        .await
+    r.instances().await[0]["state"]
+        .as_str()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"][0]["state"].as_str().unwrap().to_string()
-}
-
-async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond().await {
-        assert!(
-            t0.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .to_string()
 }
 
 fn chat() -> &'static str {
@@ -222,14 +208,12 @@ async fn argv_env_readiness_crash_restart_and_stop() {
     // SIGTERM to the router: the whole engine group is gone, then the router exits.
     let mut r = r;
     kill(Pid::from_raw(r.child.id() as i32), Signal::SIGTERM).unwrap();
-    let t0 = Instant::now();
-    while group_alive(pid2) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "engine group survived the router's stop"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the engine group to be gone after the router's stop",
+        Duration::from_secs(10),
+        async || !group_alive(pid2),
+    )
+    .await;
     let status = tokio::task::spawn_blocking(move || {
         let st = r.child.wait();
         (st, r)
@@ -377,14 +361,12 @@ async fn engines_survive_a_graceful_upgrade_and_are_adopted() {
 
     // The new router's exit stops the adopted engine too.
     drop(b);
-    let t0 = Instant::now();
-    while group_alive(pid) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "engine survived the router's exit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the engine to be gone after the router's exit",
+        Duration::from_secs(10),
+        async || !group_alive(pid),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,17 @@ impl RouterProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `GET /v1/router/instances`: one JSON object per instance, in config order.
+    pub async fn instances(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = reqwest::get(self.url("/v1/router/instances"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The access log (the router's stdout), one line per request.
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
@@ -132,6 +143,18 @@ impl Drop for RouterProc {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; fails the test after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond().await {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
