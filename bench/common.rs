@@ -39,6 +39,18 @@ impl BenchRouter {
         }
     }
 
+    /// Waits (up to 10 s) until the router answers `/health`.
+    pub async fn wait_ready(&self) {
+        let c = reqwest::Client::new();
+        for _ in 0..400 {
+            if c.get(self.url("/health")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("router did not start");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

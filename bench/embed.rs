@@ -109,13 +109,7 @@ async fn main() {
     let r = BenchRouter::start(&format!(
         "embedding_server:\n  host: 127.0.0.1\n  port: {port}\n  threads: {THREADS}\n  onnxruntime_path: {models}/onnxruntime/libonnxruntime.so.1.31.1\n  embedding_models:\n    bge-small-en-v1.5: {{model_path: {models}/bge-small-en-v1.5, pooling: cls}}\n    all-MiniLM-L6-v2: {{model_path: {models}/all-MiniLM-L6-v2, pooling: mean}}\n  reranking_models:\n    ms-marco-MiniLM-L-12-v2: {{model_path: {models}/ms-marco-MiniLM-L-12-v2}}\n"
     ));
-    let c = reqwest::Client::new();
-    for _ in 0..400 {
-        if c.get(r.url("/health")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    r.wait_ready().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = r.rss_kib();
     let sents = sentences();

@@ -21,14 +21,8 @@ async fn start_router(engine_port: u16) -> BenchRouter {
     let r = BenchRouter::start(&format!(
         "LLM_engines:\n  m:\n    instances:\n      - {{id: m1, host: 127.0.0.1, port: {engine_port}, managed: false}}\n    model_config: {{model_tag: m}}\nrouter:\n  threads: 2\n"
     ));
-    let c = reqwest::Client::new();
-    for _ in 0..400 {
-        if c.get(r.url("/health")).send().await.is_ok() {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("router did not start");
+    r.wait_ready().await;
+    r
 }
 
 fn body(stream: bool) -> String {

@@ -367,12 +367,7 @@ async fn a_full_queue_answers_429_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_list_includes_embedding_and_rerank_models() {
     let (r, _) = start("").await;
-    let v: Value = reqwest::get(r.url("/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = r.get_json("/v1/models").await;
     let ids: Vec<&str> = v["data"]
         .as_array()
         .unwrap()

@@ -446,14 +446,7 @@ async fn local_endpoints_models_and_health() {
         dead_port()
     );
     let r = RouterProc::start(&yaml).await;
-    let v: Value = client()
-        .get(r.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = r.get_json("/v1/models").await;
     assert_eq!(v["object"], "list");
     let ids: Vec<&str> = v["data"]
         .as_array()
@@ -465,14 +458,7 @@ async fn local_endpoints_models_and_health() {
     assert_eq!(v["data"][0]["object"], "model");
     assert_eq!(v["data"][2]["kind"], "rerank");
 
-    let one: Value = client()
-        .get(r.url("/v1/models/chat-model"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = r.get_json("/v1/models/chat-model").await;
     assert_eq!(one["id"], "chat-model");
     expect_error(
         client().get(r.url("/v1/models/none")).send().await.unwrap(),

@@ -143,12 +143,7 @@ async fn argv_env_readiness_crash_restart_and_stop() {
         .unwrap();
     let st = resp.status();
     let body = resp.text().await.unwrap();
-    let v: Value = reqwest::get(r.url("/v1/router/instances"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = r.get_json("/v1/router/instances").await;
     assert_eq!(st, 503, "{body} {v}");
     wait_for("ready", Duration::from_secs(5), async || {
         state(&r).await == "healthy"
@@ -260,12 +255,7 @@ async fn a_crash_loop_backs_off_and_other_models_keep_serving() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let v: Value = reqwest::get(r.url("/v1/router/instances"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = r.get_json("/v1/router/instances").await;
     assert_eq!(v["data"][0]["state"], "down");
 }
 
@@ -390,12 +380,7 @@ async fn engines_on_one_gpu_start_one_after_another() {
         "the second engine started {gap} ms after the first, before it was ready"
     );
     wait_for("both ready", Duration::from_secs(5), async || {
-        let v: Value = reqwest::get(r.url("/v1/router/instances"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = r.get_json("/v1/router/instances").await;
         v["data"]
             .as_array()
             .unwrap()

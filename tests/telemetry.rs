@@ -100,14 +100,7 @@ async fn request_ids_access_log_and_metrics() {
     );
 
     // Metrics.
-    let page = c
-        .get(r.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = r.get_text("/metrics").await;
     assert_eq!(
         metric(
             &page,
@@ -201,14 +194,7 @@ async fn failovers_are_counted_and_logged() {
             200
         );
     }
-    let page = c
-        .get(r.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = r.get_text("/metrics").await;
     assert!(
         metric(&page, "llm_router_failovers_total", &["instance=\"dead\""]).unwrap() >= 1.0,
         "{page}"

@@ -274,10 +274,13 @@ impl Forwarder {
         let is_sse = content_type("text/event-stream");
         let mut json_body = content_type("application/json").then(BytesMut::new);
         let mut last_event: Option<Instant> = None;
-        let (ttft, gap) = (
-            metrics::TTFT.with_label_values(&[&inst.model, &inst.id]),
-            metrics::TOKEN_GAP.with_label_values(&[&inst.model, &inst.id]),
-        );
+        // Only streams have token timings: no label lookups for other answers.
+        let stream_timers = is_sse.then(|| {
+            (
+                metrics::TTFT.with_label_values(&[&inst.model, &inst.id]),
+                metrics::TOKEN_GAP.with_label_values(&[&inst.model, &inst.id]),
+            )
+        });
         let no_body = up.response_done();
         if session
             .write_response_header(Box::new(down), no_body)
@@ -307,7 +310,7 @@ impl Forwarder {
             };
             match chunk {
                 Ok(Some(data)) => {
-                    if is_sse {
+                    if let Some((ttft, gap)) = &stream_timers {
                         match last_event {
                             None => ttft.observe(started.elapsed().as_secs_f64()),
                             Some(t) => gap.observe(t.elapsed().as_secs_f64()),

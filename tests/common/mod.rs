@@ -110,14 +110,29 @@ impl RouterProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `GET /v1/router/instances`: one JSON object per instance, in config order.
-    pub async fn instances(&self) -> Vec<serde_json::Value> {
-        let v: serde_json::Value = reqwest::get(self.url("/v1/router/instances"))
+    /// `GET path` as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.url(path))
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `GET /v1/router/instances`: one JSON object per instance, in config order.
+    pub async fn instances(&self) -> Vec<serde_json::Value> {
+        let v = self.get_json("/v1/router/instances").await;
         v["data"].as_array().cloned().unwrap_or_default()
     }
 
