@@ -21,7 +21,10 @@ impl BenchRouter {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_llm-router"))
+        // LLM_ROUTER_BIN: the binary when the bench runs away from its build tree.
+        let bin = std::env::var("LLM_ROUTER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_llm-router").to_string());
+        let child = Command::new(bin)
             .args([
                 "--config",
                 cfg.to_str().unwrap(),
