@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use pingora::apps::http_app::HttpServer;
 use pingora::proxy::http_proxy_service;
-use pingora::server::configuration::Opt;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tracing::{error, info, warn};
+use pingora::services::{ServiceHandle, ServiceWithDependents};
+use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::embed::service::EmbedService;
+use crate::daemon::ParentReadyGate;
+use crate::embed::service::{EmbedApp, EmbedLoader};
 use crate::proxy::drain::{DrainWatch, Draining};
 use crate::proxy::Router;
 use crate::scrape::service::Scraper;
@@ -111,47 +113,131 @@ fn check(path: &Path) -> i32 {
     }
 }
 
-/// The co-hosted embedding service of `config` as a Pingora service, when this process
-/// serves it (`embedding_server` present and not `managed: false`).
-fn embed_service(
-    config: &Config,
-    server: &Server,
-) -> Result<Option<Service<HttpServer<EmbedService>>>, String> {
-    let Some(opts) = config.embedding.as_ref().filter(|o| o.managed) else {
-        return Ok(None);
+/// Grace period when the Pingora conf sets none: long enough for a long generation to
+/// finish during a reload or stop (Pingora's own default is 300 s).
+pub const DEFAULT_GRACE_PERIOD_S: u64 = 120;
+
+/// The Pingora server from `-c FILE` (or defaults), with our defaults for the keys the file
+/// leaves out: `grace_period_seconds` 120 s and `daemon_wait_for_ready: true` (so that `-d`
+/// returns only once the new process is ready, which the safe reload order relies on).
+fn pingora_server(opt: Opt) -> Result<Server, String> {
+    let (mut conf, keys) = match &opt.conf {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read: {e}"))?;
+            let keys: serde_yaml::Value =
+                serde_yaml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+            let conf = ServerConf::from_yaml(&text).map_err(|e| format!("{path}: {e}"))?;
+            (conf, keys)
+        }
+        None => (
+            ServerConf::new().ok_or("cannot build the default Pingora settings")?,
+            serde_yaml::Value::Null,
+        ),
     };
-    let svc = EmbedService::load(opts, &config.models)?;
-    let addr = (opts.host.as_str(), opts.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("embedding_server.host `{}`: {e}", opts.host))?
-        .min_by_key(|a| !a.is_ipv4())
-        .ok_or_else(|| {
-            format!(
-                "embedding_server.host `{}` resolves to no address",
-                opts.host
-            )
-        })?;
-    let mut service = Service::new("embedding service".to_string(), HttpServer::new_app(svc));
-    service.add_tcp(&addr.to_string());
-    service.threads = Some(server.configuration.threads.max(1));
-    info!(listen = %addr, "embedding service listening");
-    Ok(Some(service))
+    if keys.get("grace_period_seconds").is_none() {
+        conf.grace_period_seconds = Some(DEFAULT_GRACE_PERIOD_S);
+    }
+    if keys.get("daemon_wait_for_ready").is_none() {
+        conf.daemon_wait_for_ready = true;
+    }
+    Ok(Server::new_with_opt_and_conf(
+        Opt { conf: None, ..opt },
+        conf,
+    ))
+}
+
+/// Services are added in start-up order: everything the new process must have done before
+/// the old one may leave is a dependency of the bootstrap service (see [`crate::daemon`]),
+/// and every listener starts after the bootstrap, which hands it the old sockets.
+struct Startup {
+    server: Server,
+    before_bootstrap: Vec<ServiceHandle>,
+    listeners: Vec<ServiceHandle>,
+}
+
+impl Startup {
+    fn new(server: Server) -> Self {
+        let mut s = Startup {
+            server,
+            before_bootstrap: Vec::new(),
+            listeners: Vec::new(),
+        };
+        let gate = ParentReadyGate::new(&s.server.configuration);
+        s.prerequisite(background_service("parent ready gate", gate));
+        s
+    }
+
+    /// A service that must be ready before the old process is told to leave.
+    fn prerequisite(&mut self, svc: impl ServiceWithDependents + 'static) -> ServiceHandle {
+        let h = self.server.add_service(svc);
+        self.before_bootstrap.push(h.clone());
+        h
+    }
+
+    /// A listening service (started after the bootstrap).
+    fn listener(&mut self, svc: impl ServiceWithDependents + 'static) -> ServiceHandle {
+        let h = self.server.add_service(svc);
+        self.listeners.push(h.clone());
+        h
+    }
+
+    /// The co-hosted embedding service, when this process serves it (`embedding_server`
+    /// present and not `managed: false`): its model loader (a prerequisite) and its
+    /// listener. Returns the listener's handle.
+    fn embedding(&mut self, config: &Config) -> Result<Option<ServiceHandle>, String> {
+        let Some(opts) = config.embedding.as_ref().filter(|o| o.managed) else {
+            return Ok(None);
+        };
+        let addr = (opts.host.as_str(), opts.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("embedding_server.host `{}`: {e}", opts.host))?
+            .min_by_key(|a| !a.is_ipv4())
+            .ok_or_else(|| {
+                format!(
+                    "embedding_server.host `{}` resolves to no address",
+                    opts.host
+                )
+            })?;
+        let app = EmbedApp::default();
+        let loader = self.prerequisite(background_service(
+            "embedding models",
+            EmbedLoader::new(app.clone(), opts, &config.models),
+        ));
+        let mut service = Service::new("embedding service".to_string(), HttpServer::new_app(app));
+        service.add_tcp(&addr.to_string());
+        service.threads = Some(self.server.configuration.threads.max(1));
+        let h = self.listener(service);
+        h.add_dependency(&loader);
+        info!(listen = %addr, "embedding service listening");
+        Ok(Some(h))
+    }
+
+    fn run_forever(mut self) -> i32 {
+        let bootstrap = self.server.bootstrap_as_a_service();
+        for p in &self.before_bootstrap {
+            bootstrap.add_dependency(p);
+        }
+        for l in &self.listeners {
+            l.add_dependency(&bootstrap);
+        }
+        self.server.run_forever()
+    }
 }
 
 fn embed_only(path: &Path, opt: Opt) -> i32 {
     let Some(config) = load(path) else {
         return EXIT_CONFIG;
     };
-    let mut server = match Server::new(Some(opt)) {
-        Ok(s) => s,
+    let mut start = match pingora_server(opt) {
+        Ok(s) => Startup::new(s),
         Err(e) => {
-            error!("cannot start: {e}");
-            return 1;
+            eprintln!("config error: {e}");
+            return EXIT_CONFIG;
         }
     };
-    server.bootstrap();
-    match embed_service(&config, &server) {
-        Ok(Some(svc)) => server.add_service(svc),
+    match start.embedding(&config) {
+        Ok(Some(_)) => {}
         Ok(None) => {
             eprintln!(
                 "config error: {}: embedding_server: nothing to serve (missing, or managed: false)",
@@ -164,7 +250,7 @@ fn embed_only(path: &Path, opt: Opt) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    server.run_forever()
+    start.run_forever()
 }
 
 fn run(cli: Cli, path: &Path) -> i32 {
@@ -182,47 +268,46 @@ fn run(cli: Cli, path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let mut server = match Server::new(Some(cli.pingora)) {
-        Ok(s) => s,
+    let mut start = match pingora_server(cli.pingora) {
+        Ok(s) => Startup::new(s),
         Err(e) => {
-            error!("cannot start: {e}");
-            return 1;
+            eprintln!("config error: {e}");
+            return EXIT_CONFIG;
         }
     };
+    let server = &mut start.server;
     let scraper = Scraper::new(router.registry(), &config.balancer);
     let supervisor = Supervisor::new(&config, router.registry(), server.watch_execution_phase());
     let engines = supervisor.engine_count();
     let scrape_targets = scraper.target_count();
     let health = router.registry().health_services();
-    server.bootstrap();
-    // After bootstrap: in daemon mode it forks, and ONNX Runtime's and the batchers'
-    // threads would not survive the fork.
-    let embed = match embed_service(&config, &server) {
-        Ok(e) => e.map(|e| server.add_service(e)),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
-    };
     let phases = server.watch_execution_phase();
     server.add_service(background_service(
         "drain watch",
         DrainWatch::new(phases, draining),
     ));
-    server.add_service(background_service("engine supervisor", supervisor));
     server.add_service(background_service("metrics scraper", scraper));
+    // Engines adopted (or started) before the old router is told to leave.
+    start.prerequisite(background_service("engine supervisor", supervisor));
+    let embed = match start.embedding(&config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     for h in health {
-        let handle = server.add_service(h);
+        let handle = start.server.add_service(h);
         // Health checks start once the co-hosted embedding service listens.
         if let Some(e) = &embed {
             handle.add_dependency(e);
         }
     }
-    let mut svc = http_proxy_service(&server.configuration, router);
+    let mut svc = http_proxy_service(&start.server.configuration, router);
     let listen = config.router.listen.to_string();
     svc.add_tcp(&listen);
     svc.threads = Some(config.router.threads);
-    server.add_service(svc);
+    start.listener(svc);
     info!(
         listen = %listen,
         models = config.models.len(),
@@ -231,5 +316,5 @@ fn run(cli: Cli, path: &Path) -> i32 {
         config = %path.display(),
         "llm-router listening"
     );
-    server.run_forever()
+    start.run_forever()
 }

@@ -7,6 +7,7 @@
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod embed;
 pub mod proxy;
 pub mod scrape;

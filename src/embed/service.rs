@@ -3,7 +3,7 @@
 //! `/v1/rerank`, text-embeddings-inference-style `/rerank`, `/v1/models`, `/health`,
 //! `/metrics`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -12,6 +12,9 @@ use http::{Response, StatusCode};
 use indexmap::IndexMap;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 use prometheus::{Encoder, TextEncoder};
 use serde_json::{json, Value};
 use tokenizers::Encoding;
@@ -471,8 +474,75 @@ where
     }
 }
 
+/// The service as Pingora serves it: the models load after the process has forked into
+/// a daemon (ONNX Runtime's and the batchers' threads would not survive the fork), in
+/// [`EmbedLoader`], which the listener depends on.
+#[derive(Clone, Default)]
+pub struct EmbedApp(Arc<OnceLock<EmbedService>>);
+
+/// Loads the embedding models as a background service and reports ready once they are.
+pub struct EmbedLoader {
+    app: EmbedApp,
+    opts: EmbedServerOptions,
+    models: Vec<ModelConfig>,
+}
+
+impl EmbedLoader {
+    pub fn new(app: EmbedApp, opts: &EmbedServerOptions, models: &[ModelConfig]) -> Self {
+        EmbedLoader {
+            app,
+            opts: opts.clone(),
+            models: models.to_vec(),
+        }
+    }
+}
+
 #[async_trait]
-impl ServeHttp for EmbedService {
+impl BackgroundService for EmbedLoader {
+    async fn start_with_ready_notifier(
+        &self,
+        _shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let t0 = std::time::Instant::now();
+        let (opts, models) = (self.opts.clone(), self.models.clone());
+        let loaded = tokio::task::spawn_blocking(move || EmbedService::load(&opts, &models))
+            .await
+            .unwrap_or_else(|e| Err(format!("model loading panicked: {e}")));
+        match loaded {
+            Ok(svc) => {
+                tracing::info!(
+                    models = svc.models.len(),
+                    load_s = t0.elapsed().as_secs_f64(),
+                    "embedding models loaded"
+                );
+                let _ = self.app.0.set(svc);
+                ready.notify_ready();
+            }
+            Err(e) => {
+                // Nothing can be served as configured: leave like a config error would.
+                tracing::error!("embedding service: {e}");
+                eprintln!("error: {e}");
+                std::process::exit(crate::cli::EXIT_CONFIG);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for EmbedApp {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        match self.0.get() {
+            Some(svc) => svc.response(s).await,
+            None => error_response(&ApiError::unavailable(
+                "The embedding models are still loading",
+                1,
+            )),
+        }
+    }
+}
+
+impl EmbedService {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
         let method = s.req_header().method.as_str().to_string();
         let path = s.req_header().uri.path().trim_end_matches('/').to_string();

@@ -16,8 +16,9 @@ use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 use tokio::process::Child;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{error, info, warn};
 
 use crate::balance::stats::Process;
@@ -25,7 +26,7 @@ use crate::balance::{Instance, Registry};
 use crate::config::{Config, ModelKind, SupervisorOptions};
 use crate::scrape::service::http_get;
 use command::{engine_spec, EngineSpec};
-use state::{EngineRecord, StateFile};
+use state::{EngineRecord, Owner, StateFile};
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// An engine that served this long before dying starts over at the shortest backoff.
@@ -49,6 +50,8 @@ pub struct Supervisor {
     records: Mutex<BTreeMap<String, EngineRecord>>,
     /// What the previous router left running, for adoption.
     previous: Mutex<BTreeMap<String, EngineRecord>>,
+    /// Live engines of instances no longer configured: stopped once their router is gone.
+    retiring: Vec<(String, EngineRecord)>,
 }
 
 /// The engine process being watched: our child, or one adopted from a previous router.
@@ -115,13 +118,12 @@ impl Supervisor {
         let state = StateFile::new(&config.supervisor.run_dir);
         let mut previous = state.load();
         // Entries of processes that are gone are stale: drop them.
-        previous.retain(|id, rec| {
-            let live = state::is_live(rec);
-            if live && !engines.iter().any(|e| &e.spec.instance == id) {
-                warn!(instance = %id, pid = rec.pid, "engine of an instance no longer configured is left running");
-            }
-            live
-        });
+        previous.retain(|_, rec| state::is_live(rec));
+        let (kept, retiring): (BTreeMap<_, _>, BTreeMap<_, _>) = previous
+            .into_iter()
+            .partition(|(id, _)| engines.iter().any(|e| &e.spec.instance == id));
+        let previous = kept;
+        let retiring: Vec<_> = retiring.into_iter().collect();
         Supervisor {
             engines,
             opts: config.supervisor.clone(),
@@ -131,7 +133,30 @@ impl Supervisor {
             state,
             records: Mutex::new(BTreeMap::new()),
             previous: Mutex::new(previous),
+            retiring,
         }
+    }
+
+    /// Stops the engine of an instance that left the config, once the router that ran it
+    /// (the old process of a graceful upgrade, still draining requests to it) has exited.
+    /// Until then it stays in the state file, so that a router started meanwhile finishes
+    /// the job.
+    async fn retire(&self, id: &str, rec: EngineRecord) {
+        self.remember(id, Some(rec.clone()));
+        if let Some(owner) = rec.router.filter(|o| Some(*o) != Owner::me()) {
+            if owner.is_live() {
+                info!(instance = %id, pid = rec.pid, router_pid = owner.pid,
+                    "instance removed from the config: its engine stops once the old router has drained");
+            }
+            while owner.is_live() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        if state::is_live(&rec) {
+            process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
+            info!(instance = %id, pid = rec.pid, "engine of a removed instance stopped");
+        }
+        self.remember(id, None);
     }
 
     pub fn engine_count(&self) -> usize {
@@ -182,10 +207,17 @@ impl Supervisor {
     }
 
     /// One engine, forever: adopt or start, wait until ready, watch, restart with backoff.
-    async fn run_engine(&self, e: &Engine, mut shutdown: ShutdownWatch, upgrading: &AtomicBool) {
+    async fn run_engine(
+        &self,
+        e: &Engine,
+        mut shutdown: ShutdownWatch,
+        upgrading: &AtomicBool,
+        decided: &mpsc::UnboundedSender<()>,
+    ) {
         let (spec, inst) = (&e.spec, &e.inst);
         let mut backoff = BACKOFF_START;
         let mut adopt = self.adoptable(e).await;
+        let _ = decided.send(());
         loop {
             if *shutdown.borrow() {
                 return;
@@ -196,6 +228,10 @@ impl Supervisor {
                 info!(instance = %spec.instance, pid = rec.pid, "adopted running engine");
                 let pgid = rec.pgid;
                 process::track(pgid);
+                let rec = EngineRecord {
+                    router: Owner::me(),
+                    ..rec
+                };
                 self.remember(&spec.instance, Some(rec.clone()));
                 (
                     self.watch(e, Proc::Adopted(rec), &mut shutdown, true, Vec::new())
@@ -324,6 +360,7 @@ impl Supervisor {
                             argv: spec.argv.clone(),
                             cmdline,
                             start_time,
+                            router: Owner::me(),
                         });
                 self.remember(&spec.instance, rec);
             }
@@ -362,7 +399,45 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
 
 #[async_trait]
 impl BackgroundService for Supervisor {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    /// Ready once every engine is adopted or started (not once it serves: a reload must
+    /// not wait for a new model to load), so that the bootstrap, which lets the old router
+    /// go, comes after the adoption checks.
+    async fn start_with_ready_notifier(
+        &self,
+        shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let n = self.engines.len();
+        let announce = async move {
+            for _ in 0..n {
+                if rx.recv().await.is_none() {
+                    break;
+                }
+            }
+            ready.notify_ready();
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = self.run(shutdown, tx) => {}
+            _ = announce => {}
+        }
+    }
+}
+
+impl Supervisor {
+    /// Every engine's task, and the retirement of engines whose instance left the config.
+    /// `decided` gets one message per engine once it is adopted or about to start.
+    async fn run(&self, shutdown: ShutdownWatch, decided: mpsc::UnboundedSender<()>) {
+        let retire = futures_util::future::join_all(
+            self.retiring
+                .iter()
+                .map(|(id, rec)| self.retire(id, rec.clone())),
+        );
+        tokio::join!(retire, self.run_engines(shutdown, decided));
+    }
+
+    async fn run_engines(&self, shutdown: ShutdownWatch, decided: mpsc::UnboundedSender<()>) {
         if self.engines.is_empty() {
             return;
         }
@@ -388,7 +463,7 @@ impl BackgroundService for Supervisor {
         futures_util::future::join_all(
             self.engines
                 .iter()
-                .map(|e| self.run_engine(e, shutdown.clone(), &upgrading)),
+                .map(|e| self.run_engine(e, shutdown.clone(), &upgrading, &decided)),
         )
         .await;
         if !upgrading.load(Ordering::SeqCst) {

@@ -24,6 +24,29 @@ pub struct EngineRecord {
     pub cmdline: Vec<String>,
     /// `/proc/<pid>/stat` start time (clock ticks since boot).
     pub start_time: u64,
+    /// The router that runs it (pid and start time): an engine whose instance left the
+    /// config is stopped only once that router has drained and exited.
+    #[serde(default)]
+    pub router: Option<Owner>,
+}
+
+/// A process identity that survives pid reuse: pid and `/proc` start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl Owner {
+    /// This process.
+    pub fn me() -> Option<Owner> {
+        let pid = std::process::id() as i32;
+        start_time(pid).map(|start_time| Owner { pid, start_time })
+    }
+
+    pub fn is_live(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
 }
 
 /// `<run_dir>/engines.json`, keyed by instance id.
@@ -115,8 +138,15 @@ mod tests {
             argv: v(&["x"]),
             cmdline: cmdline(me).unwrap(),
             start_time: start_time(me).unwrap(),
+            router: Owner::me(),
         };
         assert!(is_live(&rec));
+        assert!(rec.router.unwrap().is_live());
+        assert!(!Owner {
+            start_time: rec.start_time + 1,
+            ..rec.router.unwrap()
+        }
+        .is_live());
         assert!(matches(&rec, &v(&["x"])));
         assert!(!matches(&rec, &v(&["y"])), "another configured command");
         assert!(!matches(
@@ -137,5 +167,15 @@ mod tests {
         m.insert("e1".to_string(), rec.clone());
         f.save(&m);
         assert_eq!(f.load()["e1"], rec);
+    }
+
+    #[test]
+    fn files_written_before_owners_were_recorded_still_load() {
+        let old = r#"{"e1":{"pid":5,"pgid":5,"argv":["a"],"cmdline":["a"],"start_time":7}}"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("engines.json"), old).unwrap();
+        let m = StateFile::new(dir.path()).load();
+        assert_eq!(m["e1"].pid, 5);
+        assert_eq!(m["e1"].router, None);
     }
 }
