@@ -7,6 +7,12 @@
 //! `sleep` child in the same process group, like vLLM's EngineCore).
 //! `POST /crash` exits at once with status 3; `POST /sick` makes `/health` answer 503
 //! from then on (a hung engine).
+//! Inference endpoints and `/metrics` are the mock vLLM's (`tests/common/mock_vllm.rs`),
+//! answering with `system_fingerprint` = the engine's pid; `FAKE_SSE=CHUNKS,DELAY_MS` sets
+//! the length and pace of streamed answers (and the tokens of non-streamed ones).
+
+#[path = "../tests/common/mock_vllm.rs"]
+mod mock_vllm;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +59,20 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     );
+    let mock = mock_vllm::MockVllm::new_state(&std::process::id().to_string());
+    if let Some((chunks, delay)) = std::env::var("FAKE_SSE")
+        .ok()
+        .and_then(|v| {
+            v.split_once(',')
+                .map(|(c, d)| (c.parse().ok(), d.parse().ok()))
+        })
+        .and_then(|(c, d)| c.zip(d))
+    {
+        mock.chunks
+            .store(chunks, std::sync::atomic::Ordering::SeqCst);
+        mock.chunk_delay_ms
+            .store(delay, std::sync::atomic::Ordering::SeqCst);
+    }
     let t0 = Instant::now();
     static SICK: AtomicBool = AtomicBool::new(false);
     let app = Router::new()
@@ -66,16 +86,6 @@ async fn main() {
                 }
             }),
         )
-        .route(
-            "/metrics",
-            get(|| async {
-                "vllm:num_requests_running{engine=\"0\"} 0\nvllm:num_requests_waiting{engine=\"0\"} 0\nvllm:kv_cache_usage_perc{engine=\"0\"} 0\n"
-            }),
-        )
-        .route(
-            "/v1/chat/completions",
-            post(|| async { axum::Json(serde_json::json!({"object": "chat.completion", "choices": [], "system_fingerprint": std::process::id().to_string()})) }),
-        )
         .route("/crash", post(crash))
         .route(
             "/sick",
@@ -83,7 +93,8 @@ async fn main() {
                 SICK.store(true, Ordering::SeqCst);
                 StatusCode::OK
             }),
-        );
+        )
+        .merge(mock_vllm::MockVllm::inference_routes(mock));
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .expect("bind");

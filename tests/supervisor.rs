@@ -3,48 +3,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{dead_port, wait_for, RouterProc};
+use common::{dead_port, fake_engine, pid_alive, starts, wait_for, RouterProc};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-fn fake_engine() -> PathBuf {
-    // target/debug/deps/<test> -> target/debug/examples/fake_engine
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/fake_engine");
-    assert!(p.exists(), "build the example first: {}", p.display());
-    p
-}
-
-/// Parsed lines of the fake engine's record file: one per start.
-fn starts(record: &Path) -> Vec<Value> {
-    std::fs::read_to_string(record)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn group_alive(pgid: i32) -> bool {
     killpg(Pid::from_raw(pgid), None).is_ok()
-}
-
-fn pid_alive(pid: i32) -> bool {
-    // A zombie is dead for our purpose.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 struct Setup {

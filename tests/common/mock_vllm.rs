@@ -57,22 +57,36 @@ impl MockVllm {
         Self::start_on(0, name).await
     }
 
-    /// On a given loopback port (0: the OS picks).
-    pub async fn start_on(port: u16, name: &str) -> MockVllm {
-        let state = Arc::new(MockState {
+    /// A fresh state: healthy, 5 SSE chunks, no delays.
+    pub fn new_state(name: &str) -> Arc<MockState> {
+        Arc::new(MockState {
             name: name.to_string(),
             chunks: AtomicUsize::new(5),
             healthy: AtomicBool::new(true),
             ..Default::default()
-        });
-        let app = Router::new()
+        })
+    }
+
+    /// The inference endpoints and `/metrics` (no `/health`), for servers that add their
+    /// own health behaviour (the fake engine).
+    pub fn inference_routes(state: Arc<MockState>) -> Router {
+        Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .route("/metrics", get(metrics))
-            .route("/health", get(health))
             .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(state.clone());
+            .with_state(state)
+    }
+
+    /// On a given loopback port (0: the OS picks).
+    pub async fn start_on(port: u16, name: &str) -> MockVllm {
+        let state = Self::new_state(name);
+        let app = Self::inference_routes(state.clone()).merge(
+            Router::new()
+                .route("/health", get(health))
+                .with_state(state.clone()),
+        );
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();

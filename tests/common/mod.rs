@@ -4,7 +4,7 @@
 pub mod mock_vllm;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
@@ -176,4 +176,39 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -
 /// Runs the router binary to completion with `args` (for `check` and config errors).
 pub fn run_bin(args: &[&str]) -> Output {
     Command::new(bin()).args(args).output().unwrap()
+}
+
+/// The fake engine example (`examples/fake_engine.rs`), built by `cargo build --examples`.
+pub fn fake_engine() -> PathBuf {
+    // target/debug/deps/<test> -> target/debug/examples/fake_engine
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/fake_engine");
+    assert!(p.exists(), "build the example first: {}", p.display());
+    p
+}
+
+/// Parsed lines of the fake engine's record file: one per start. A line still being
+/// written by an engine that is starting right now is left out.
+pub fn starts(record: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie counts as gone).
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie is dead for our purpose.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }

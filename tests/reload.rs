@@ -1,0 +1,388 @@
+//! Zero-downtime reload, performed exactly as `systemd/llm-router.service` does it:
+//! `ExecStart` = `llm-router -d -c pingora.yaml --config config.yaml` (daemon, pid file,
+//! upgrade socket in a temp dir), `ExecReload` = `llm-router -u -d -c ... --config ...`
+//! and, only if that succeeded, `kill -QUIT $MAINPID` (the old pid). Fake engines
+//! (`examples/fake_engine.rs`) serve real SSE; a mixed load of non-streaming requests and
+//! 3-second streams runs across the reload.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{bin, dead_port, fake_engine, pid_alive, starts, wait_for};
+use futures_util::StreamExt;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+/// Tokens per streamed answer and the pause between them: a 3 s stream.
+const SSE_CHUNKS: usize = 30;
+const SSE_DELAY_MS: u64 = 100;
+/// Pingora's grace period for the old process (streams must fit in it).
+const GRACE_S: u64 = 6;
+
+/// The service as systemd sees it: a config, a Pingora conf and a pid file.
+struct Service {
+    dir: tempfile::TempDir,
+    port: u16,
+    /// Engine ports: e1 (kept), e2 (removed by the reload), e3 (added by the reload).
+    engines: [u16; 3],
+}
+
+impl Service {
+    fn new() -> Service {
+        let s = Service {
+            dir: tempfile::tempdir().unwrap(),
+            port: dead_port(),
+            engines: [dead_port(), dead_port(), dead_port()],
+        };
+        std::fs::write(
+            s.path("pingora.yaml"),
+            format!(
+                "---\nversion: 1\npid_file: {0}/router.pid\nupgrade_sock: {0}/upgrade.sock\nerror_log: {0}/error.log\ngrace_period_seconds: {GRACE_S}\ngraceful_shutdown_timeout_seconds: 2\n",
+                s.dir.path().display()
+            ),
+        )
+        .unwrap();
+        s
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `m` on e1+e2 before the reload; `m` on e1 and a new model `m2` on e3 after it.
+    fn write_config(&self, after_reload: bool) {
+        let instance =
+            |id: &str, port: u16| format!("      - {{id: {id}, host: 127.0.0.1, port: {port}}}\n");
+        let model = |name: &str, instances: String| {
+            format!(
+                "  {name}:\n    command: [\"{}\"]\n    env:\n      FAKE_RECORD: \"{}\"\n      FAKE_SSE: \"{SSE_CHUNKS},{SSE_DELAY_MS}\"\n    instances:\n{instances}    model_config:\n      model_tag: org/{name}\n",
+                fake_engine().display(),
+                self.path("record.jsonl").display()
+            )
+        };
+        let [p1, p2, p3] = self.engines;
+        let models = if after_reload {
+            model("m", instance("e1", p1)) + &model("m2", instance("e3", p3))
+        } else {
+            model("m", instance("e1", p1) + &instance("e2", p2))
+        };
+        std::fs::write(
+            self.path("config.yaml"),
+            format!(
+                "router:\n  listen: 127.0.0.1:{}\nLLM_engines:\n{models}supervisor:\n  log_dir: \"{}\"\n  run_dir: \"{}\"\n  stop_timeout_s: 3\nbalancer:\n  poll_interval_s: 0.2\n",
+                self.port,
+                self.path("logs").display(),
+                self.path("run").display()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// `llm-router [-u] -d -c pingora.yaml --config config.yaml`, run to completion.
+    fn daemon(&self, upgrade: bool) -> Output {
+        let mut c = Command::new(bin());
+        if upgrade {
+            c.arg("-u");
+        }
+        c.arg("-d")
+            .arg("-c")
+            .arg(self.path("pingora.yaml"))
+            .arg("--config")
+            .arg(self.path("config.yaml"))
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    }
+
+    /// `$MAINPID`: what the pid file says.
+    fn main_pid(&self) -> i32 {
+        std::fs::read_to_string(self.path("router.pid"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// `ExecReload`: the new process first; SIGQUIT to the old one only if it succeeded.
+    fn reload(&self) -> Output {
+        let old = self.main_pid();
+        let out = self.daemon(true);
+        if out.status.success() {
+            kill(Pid::from_raw(old), Signal::SIGQUIT).unwrap();
+        }
+        out
+    }
+
+    /// The pid of the engine serving `port`, from the fake engines' start records.
+    fn engine_starts(&self, port: u16) -> Vec<i32> {
+        starts(&self.path("record.jsonl"))
+            .iter()
+            .filter(|r| {
+                r["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == &json!(port.to_string())))
+            })
+            .map(|r| r["pid"].as_i64().unwrap() as i32)
+            .collect()
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.path("error.log")).unwrap_or_default()
+    }
+
+    async fn serving(&self, ids: &[&str]) -> bool {
+        let Ok(r) = reqwest::get(self.url("/v1/router/instances")).await else {
+            return false;
+        };
+        let v: Value = r.json().await.unwrap_or_default();
+        let data = v["data"].as_array().cloned().unwrap_or_default();
+        data.len() == ids.len()
+            && data
+                .iter()
+                .all(|i| ids.contains(&i["id"].as_str().unwrap_or("")) && i["state"] == "healthy")
+    }
+}
+
+impl Drop for Service {
+    /// SIGINT to the running router (it exits at once and stops its engines), then any
+    /// engine still running is killed by its pid.
+    fn drop(&mut self) {
+        let pid = self.main_pid();
+        if pid > 0 && pid_alive(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+            let t0 = Instant::now();
+            while pid_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for p in self.engines {
+            for e in self.engine_starts(p) {
+                if pid_alive(e) {
+                    let _ = kill(Pid::from_raw(e), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// What the load saw.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicUsize,
+    streams: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+    longest_stream: Mutex<Duration>,
+}
+
+impl Tally {
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
+}
+
+/// One non-streaming request; its answer must be a complete chat completion.
+async fn one_request(c: &reqwest::Client, url: &str, t: &Tally) {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    match c.post(url).json(&body).send().await {
+        Ok(r) if r.status() == 200 => match r.json::<Value>().await {
+            Ok(v) if v["choices"][0]["message"]["content"].is_string() => {}
+            Ok(v) => t.fail(format!("incomplete answer: {v}")),
+            Err(e) => t.fail(format!("answer body: {e}")),
+        },
+        Ok(r) => t.fail(format!("status {}: {:?}", r.status(), r.text().await)),
+        Err(e) => t.fail(format!("request: {e:?}")),
+    }
+    t.requests.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One streamed request; it must deliver every token and `[DONE]`.
+async fn one_stream(c: &reqwest::Client, url: &str, t: &Tally) {
+    let t0 = Instant::now();
+    let body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let r = match c.post(url).json(&body).send().await {
+        Ok(r) if r.status() == 200 => r,
+        Ok(r) => return t.fail(format!("stream status {}", r.status())),
+        Err(e) => return t.fail(format!("stream request: {e:?}")),
+    };
+    let mut text = Vec::new();
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(b) => text.extend_from_slice(&b),
+            Err(e) => return t.fail(format!("stream cut after {:?}: {e:?}", t0.elapsed())),
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    let tokens = text.matches("\"content\":\"tok").count();
+    if tokens != SSE_CHUNKS || !text.trim_end().ends_with("data: [DONE]") {
+        return t.fail(format!(
+            "stream incomplete: {tokens} tokens, ends {:?}",
+            text.chars().rev().take(30).collect::<String>()
+        ));
+    }
+    t.streams.fetch_add(1, Ordering::Relaxed);
+    let mut l = t.longest_stream.lock().unwrap();
+    *l = (*l).max(t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_drops_nothing_and_applies_the_new_config() {
+    let s = Service::new();
+    s.write_config(false);
+
+    // ExecStart: returns once the daemon is up (daemon_wait_for_ready defaults to on).
+    let out = s.daemon(false);
+    assert!(out.status.success(), "start failed: {}", s.error_log());
+    let first = s.main_pid();
+    assert!(pid_alive(first), "no daemon running: {}", s.error_log());
+    wait_for(
+        "both engines healthy",
+        Duration::from_secs(20),
+        async || s.serving(&["e1", "e2"]).await,
+    )
+    .await;
+    let [p1, p2, p3] = s.engines;
+    let (e1, e2) = (s.engine_starts(p1)[0], s.engine_starts(p2)[0]);
+
+    // A broken config: the reload fails loudly, no SIGQUIT is sent, the old one serves on.
+    std::fs::write(
+        s.path("config.yaml"),
+        "LLM_engines:\n  m:\n    instances: 5\n",
+    )
+    .unwrap();
+    let bad = s.reload();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "bad config reload: {stderr}");
+    assert!(
+        stderr.contains("config.yaml") && stderr.contains("instances"),
+        "{stderr}"
+    );
+    assert_eq!(s.main_pid(), first);
+    assert_eq!(reqwest::get(s.url("/health")).await.unwrap().status(), 200);
+
+    // The real reload, under load: e2 removed, model m2 on e3 added, e1 unchanged.
+    s.write_config(true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let url = s.url("/v1/chat/completions");
+    let mut load = Vec::new();
+    for w in 0..8 {
+        let (stop, tally, url) = (stop.clone(), tally.clone(), url.clone());
+        load.push(tokio::spawn(async move {
+            // Keep-alive clients (the hard case for a reload) and fresh connections.
+            let c = reqwest::Client::builder()
+                .pool_max_idle_per_host(if w % 2 == 0 { 8 } else { 0 })
+                .build()
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if w < 3 {
+                    one_stream(&c, &url, &tally).await;
+                } else {
+                    one_request(&c, &url, &tally).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = tally.requests.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let out = tokio::task::block_in_place(|| s.reload());
+    let reload_cmd = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "reload failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        s.error_log()
+    );
+    let second = s.main_pid();
+    assert_ne!(second, first, "the pid file names the new process");
+    assert!(pid_alive(second));
+
+    // The old process drains (QUIT + 5 s + grace period) and leaves.
+    wait_for(
+        "the old process to exit",
+        Duration::from_secs(GRACE_S + 15),
+        async || !pid_alive(first),
+    )
+    .await;
+    let old_gone = t0.elapsed();
+    let during = tally.requests.load(Ordering::Relaxed) - before;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let failures = tally.failures.lock().unwrap().clone();
+    let (requests, streams) = (
+        tally.requests.load(Ordering::Relaxed),
+        tally.streams.load(Ordering::Relaxed),
+    );
+    let longest = *tally.longest_stream.lock().unwrap();
+    println!(
+        "reload: command {reload_cmd:.2?}, old process gone after {old_gone:.2?}; {requests} requests ({during} during the reload) and {streams} streams, {} failed; longest stream {longest:.2?}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(during > 100, "too little load during the reload: {during}");
+    assert!(streams >= 6, "streams completed: {streams}");
+
+    // The new config is in force: m2 is served, e2's engine is stopped now that the old
+    // router is gone, e1 is the same process (adopted, never restarted), e3 was started.
+    wait_for("e1 and e3 healthy", Duration::from_secs(20), async || {
+        s.serving(&["e1", "e3"]).await
+    })
+    .await;
+    let models: Value = reqwest::get(s.url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"m") && ids.contains(&"m2"), "{ids:?}");
+    wait_for(
+        "the removed instance's engine to stop",
+        Duration::from_secs(10),
+        async || !pid_alive(e2),
+    )
+    .await;
+    assert_eq!(s.engine_starts(p1), vec![e1], "e1 restarted");
+    assert!(pid_alive(e1));
+    assert_eq!(s.engine_starts(p2), vec![e2], "e2 restarted");
+    assert_eq!(s.engine_starts(p3).len(), 1, "e3 started once");
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"model": "m2", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = s.error_log();
+    assert!(
+        log.contains("engine of a removed instance stopped"),
+        "{log}"
+    );
+}
