@@ -90,20 +90,37 @@ supervisor:
 version: 1
 pid_file: {self.dir}/router.pid
 upgrade_sock: {self.dir}/upgrade.sock
-grace_period_seconds: 5
+error_log: {self.dir}/daemon.log
+grace_period_seconds: 8
 graceful_shutdown_timeout_seconds: 2
 """)
-        self.routers = []
+        self.started = []  # pids of the daemons this test started
 
-    def start_router(self, upgrade=False):
-        args = [ROUTER_BIN, "--config", self.cfg, "-c", self.pconf] + (["-u"] if upgrade else [])
-        log = open(os.path.join(self.dir, f"router-{len(self.routers)}.log"), "w")
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        self.routers.append(p)
-        return p
+    def start(self):
+        """ExecStart of systemd/llm-router.service: `-d` returns once the daemon is up."""
+        r = subprocess.run([ROUTER_BIN, "-d", "-c", self.pconf, "--config", self.cfg],
+                           capture_output=True, text=True, cwd=self.dir, timeout=120)
+        assert r.returncode == 0, r.stderr
+        self.started.append(self.main_pid())
 
-    def log(self, i):
-        return open(os.path.join(self.dir, f"router-{i}.log")).read()
+    def log(self):
+        """The daemons' stderr (Pingora's `error_log`)."""
+        return open(os.path.join(self.dir, "daemon.log")).read()
+
+    def main_pid(self):
+        """What the pid file says ($MAINPID for systemd)."""
+        return int(open(os.path.join(self.dir, "router.pid")).read().strip())
+
+    def reload(self):
+        """ExecReload: the new process with `-u -d` (it returns once ready), then SIGQUIT
+        to the old one only if that succeeded."""
+        old = self.main_pid()
+        r = subprocess.run([ROUTER_BIN, "-u", "-d", "-c", self.pconf, "--config", self.cfg],
+                           capture_output=True, text=True, cwd=self.dir, timeout=120)
+        if r.returncode == 0:
+            self.started.append(self.main_pid())
+            os.kill(old, signal.SIGQUIT)
+        return r
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -133,13 +150,14 @@ graceful_shutdown_timeout_seconds: 2
 def env():
     e = Env()
     yield e
-    for p in e.routers:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)  # the router stops its engines on exit
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    for pid in e.started:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGINT)  # the router stops its engines on exit
+            t0 = time.time()
+            while pid_alive(pid) and time.time() - t0 < 30:
+                time.sleep(0.1)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
     print("\ne2e timings:", json.dumps(TIMINGS, indent=1))
 
 
@@ -149,9 +167,9 @@ def client(env):
 
 
 def test_engines_start_and_become_ready(env):
-    env.start_router()
+    env.start()
     TIMINGS["engine_start_s"] = round(env.wait("both engines ready", env.all_healthy, 300), 1)
-    log = env.log(0)
+    log = env.log()
     assert "engine ready" in log
 
 
@@ -239,32 +257,74 @@ def test_kill_9_of_an_engine(env, client):
     assert r.choices
 
 
-def test_graceful_upgrade_adopts_engines(env, client):
+def pid_alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_reload_as_the_unit_does_adopts_engines(env, client):
+    """Mixed load (non-streaming requests and streams) across `-u -d` + SIGQUIT."""
     pids = {k: v["pid"] for k, v in env.engines().items()}
-    old = env.routers[0]
-    new = env.start_router(upgrade=True)
+    old = env.main_pid()
+    failures, sent, streams = [], [0], [0]
+    longest = [0.0]
+    stop = threading.Event()
+
+    def requests_loop():
+        while not stop.is_set():
+            sent[0] += 1
+            try:
+                r = client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+                assert r.choices
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"request: {e!r}")
+
+    def streams_loop():
+        while not stop.is_set():
+            t = time.time()
+            try:
+                chunks = list(client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "count to twenty"}],
+                    max_tokens=24, stream=True))
+                assert any(c.choices and c.choices[0].finish_reason for c in chunks), "no finish_reason"
+                streams[0] += 1
+                longest[0] = max(longest[0], time.time() - t)
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"stream: {e!r}")
+
+    threads = [threading.Thread(target=requests_loop), threading.Thread(target=streams_loop)]
+    for t in threads:
+        t.start()
     time.sleep(2)
-    old.send_signal(signal.SIGQUIT)
-    failures, sent = [], 0
     t0 = time.time()
-    while old.poll() is None and time.time() - t0 < 60:
-        sent += 1
-        try:
-            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-        except Exception as e:  # noqa: BLE001
-            failures.append(f"{time.time() - t0:.1f}s: {e!r}")
-    assert old.poll() is not None, "old router did not exit"
-    TIMINGS["upgrade_requests"], TIMINGS["upgrade_failures"] = sent, len(failures)
-    assert failures == []
+    r = env.reload()
+    TIMINGS["reload_command_s"] = round(time.time() - t0, 2)
+    assert r.returncode == 0, r.stderr + env.log()
+    new_pid = env.main_pid()
+    assert new_pid != old and pid_alive(new_pid)
+    try:
+        env.wait("old router exit", lambda: not pid_alive(old), 60)
+    finally:
+        TIMINGS["reload_old_gone_s"] = round(time.time() - t0, 1)
+        time.sleep(1)
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    TIMINGS["reload_requests"], TIMINGS["reload_streams"] = sent[0], streams[0]
+    TIMINGS["reload_failures"], TIMINGS["reload_longest_stream_s"] = len(failures), round(longest[0], 2)
+    assert failures == [], failures[:5]
+    assert streams[0] >= 2
     env.wait("served by the new router", env.all_healthy, 30)
     assert {k: v["pid"] for k, v in env.engines().items()} == pids, "engines were restarted"
-    assert "adopted running engine" in env.log(1)
-    assert new.poll() is None
+    assert "adopted running engine" in env.log()
 
 
 def test_stop_leaves_no_engine_behind(env):
     pgids = [v["pgid"] for v in env.engines().values()]
-    router = env.routers[1]
-    router.send_signal(signal.SIGTERM)
-    router.wait(timeout=60)
+    pid = env.main_pid()
+    os.kill(pid, signal.SIGTERM)
+    env.wait("router exit", lambda: not pid_alive(pid), 60)
     assert all(not group_members(g) for g in pgids), [group_members(g) for g in pgids]
