@@ -23,6 +23,7 @@ use crate::proxy::drain::{DrainWatch, Draining};
 use crate::proxy::Router;
 use crate::scrape::service::Scraper;
 use crate::supervisor::Supervisor;
+use crate::telemetry::admin::AdminApp;
 
 /// Exit code for a bad config file or bad arguments.
 pub const EXIT_CONFIG: i32 = 2;
@@ -64,6 +65,7 @@ pub enum Command {
 fn load(path: &Path) -> Option<Config> {
     match Config::load(path) {
         Ok(c) => {
+            crate::telemetry::set_log_level(&c.router.log_level);
             for w in &c.warnings {
                 warn!("{w}");
             }
@@ -284,7 +286,7 @@ fn run(cli: Cli, path: &Path) -> i32 {
     let phases = server.watch_execution_phase();
     server.add_service(background_service(
         "drain watch",
-        DrainWatch::new(phases, draining),
+        DrainWatch::new(phases, draining.clone()),
     ));
     server.add_service(background_service("metrics scraper", scraper));
     // Engines adopted (or started) before the old router is told to leave.
@@ -302,6 +304,14 @@ fn run(cli: Cli, path: &Path) -> i32 {
         if let Some(e) = &embed {
             handle.add_dependency(e);
         }
+    }
+    if let Some(addr) = config.router.admin_listen {
+        let app = AdminApp::new(router.registry().clone(), draining);
+        let mut admin = Service::new("admin listener".to_string(), HttpServer::new_app(app));
+        admin.add_tcp(&addr.to_string());
+        admin.threads = Some(1);
+        start.listener(admin);
+        info!(listen = %addr, "admin listener (/metrics, /health)");
     }
     let mut svc = http_proxy_service(&start.server.configuration, router);
     let listen = config.router.listen.to_string();

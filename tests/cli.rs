@@ -69,6 +69,13 @@ fn bad_configs_exit_2_naming_file_key_and_reason() {
             "LLM_engines.m.instances[id=b]",
             "cannot share a host:port",
         ),
+        (&format!("{base}router: {{log_level: loud}}\n"), "router.log_level", "not a level"),
+        (&format!("{base}router: {{admin_listen: nowhere}}\n"), "router.admin_listen", "not an ADDRESS:PORT"),
+        (
+            &format!("{base}router: {{listen: \"127.0.0.1:9000\", admin_listen: \"127.0.0.1:9000\"}}\n"),
+            "router.admin_listen",
+            "already the main listener's",
+        ),
     ];
     for (yaml, key, reason) in cases {
         let (_d, path) = write(yaml);

@@ -323,6 +323,7 @@ async fn concurrent_requests_are_batched() {
         read("llm_router_embed_batch_size_count"),
     );
     assert_eq!(sum, 64.0, "{metrics}");
+    assert_eq!(read("llm_router_embed_items_total"), 64.0, "{metrics}");
     assert!(
         count < 64.0,
         "64 requests ran in {count} batches: no batching"

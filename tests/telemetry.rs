@@ -226,3 +226,59 @@ async fn failovers_are_counted_and_logged() {
     );
     assert_eq!(failed_over[0]["instance"], "live");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_and_log_level_from_the_config() {
+    let m = MockVllm::start("m").await;
+    let admin = dead_port();
+    let yaml = format!(
+        "router:\n  log_level: warn\n  admin_listen: \"127.0.0.1:{admin}\"\nLLM_engines:\n{}",
+        llm("m", "org/M", &[("live", m.port())])
+    );
+    let r = RouterProc::start_with_log(&yaml, None).await;
+    let c = reqwest::Client::new();
+    let resp = c
+        .post(r.url("/v1/chat/completions"))
+        .body(chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The admin port serves the same metrics and health, and nothing else.
+    let url = |p: &str| format!("http://127.0.0.1:{admin}{p}");
+    let page = c.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert_eq!(
+        metric(
+            &page,
+            "llm_router_requests_total",
+            &["model=\"m\"", "status=\"2xx\""]
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(page.contains("llm_router_instance{"), "{page}");
+    let health = c.get(url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let other = c
+        .post(url("/v1/chat/completions"))
+        .body(chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    let err: Value = other.json().await.unwrap();
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/chat/completions"));
+    assert_eq!(m.requests(), 1, "the admin port never proxies");
+
+    // log_level: warn: the start-up info lines are not logged, warnings would be.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = r.log_text();
+    assert!(!log.contains("INFO"), "{log}");
+    assert!(!log.contains("llm-router listening"), "{log}");
+}

@@ -167,7 +167,7 @@ pub struct InstanceView<'a> {
 }
 
 /// Every model of the config, by client-facing name, plus aliases (`model_tag`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     models: IndexMap<String, Arc<Model>>,
     aliases: IndexMap<String, String>,

@@ -50,6 +50,12 @@ pub struct RouterOptions {
     pub retry_after_s: u64,
     /// Access log on stdout: `logfmt` (default), `json` or `off`.
     pub access_log: crate::telemetry::access::AccessLogFormat,
+    /// Log level of stderr: `info` (default), `warn`, `debug`..., or tracing directives
+    /// such as `info,llm_router::scrape=debug`. `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// A second listener serving only `/metrics` and `/health`, e.g. `127.0.0.1:9947`, so
+    /// that scrapers need not reach the public port. Default: none.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for RouterOptions {
@@ -67,6 +73,8 @@ impl Default for RouterOptions {
             max_attempts: None,
             retry_after_s: 1,
             access_log: Default::default(),
+            log_level: "info".to_string(),
+            admin_listen: None,
         }
     }
 }

@@ -180,6 +180,8 @@ pub struct RawRouter {
     pub max_attempts: Option<usize>,
     pub retry_after_s: Option<u64>,
     pub access_log: Option<crate::telemetry::access::AccessLogFormat>,
+    pub log_level: Option<String>,
+    pub admin_listen: Option<String>,
 }
 
 /// `balancer:` (global) and `LLM_engines.<model>.balancer:` (per model, overriding the

@@ -417,19 +417,38 @@ fn check_tensor_parallel(
 
 fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
     let d = RouterOptions::default();
-    let listen = match r.listen {
-        None => d.listen,
-        Some(s) => match s.parse::<SocketAddr>() {
-            Ok(a) => a,
+    let mut address = |key: &str, value: Option<String>| {
+        value.and_then(|s| match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
             Err(_) => {
                 c.err(
-                    "router.listen",
+                    key,
                     format!("`{s}` is not an ADDRESS:PORT such as 0.0.0.0:8947"),
                 );
-                d.listen
+                None
             }
-        },
+        })
     };
+    let listen = address("router.listen", r.listen).unwrap_or(d.listen);
+    let admin_listen = address("router.admin_listen", r.admin_listen);
+    if admin_listen.is_some_and(|a| a.port() == listen.port()) {
+        c.err(
+            "router.admin_listen",
+            format!(
+                "port {} is already the main listener's (router.listen)",
+                listen.port()
+            ),
+        );
+    }
+    let log_level = r.log_level.unwrap_or(d.log_level);
+    if let Err(e) = crate::telemetry::valid_log_level(&log_level) {
+        c.err(
+            "router.log_level",
+            format!(
+                "`{log_level}` is not a level (error, warn, info, debug, trace) or filter: {e}"
+            ),
+        );
+    }
     if r.threads == Some(0) {
         c.err("router.threads", "must be at least 1");
     }
@@ -466,6 +485,8 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
         max_attempts: r.max_attempts,
         retry_after_s: r.retry_after_s.unwrap_or(d.retry_after_s),
         access_log: r.access_log.unwrap_or(d.access_log),
+        log_level,
+        admin_listen,
     }
 }
 

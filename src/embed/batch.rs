@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus::{register_histogram_vec, HistogramVec};
+use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
 use std::sync::LazyLock;
 use tokenizers::Encoding;
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,16 @@ static QUEUE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "Time a request waited for its batch",
         &["model"],
         vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .expect("metric registers once")
+});
+
+/// Items computed (texts embedded, pairs scored): `rate()` of it is the items/s.
+static ITEMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "llm_router_embed_items_total",
+        "Items (texts or query-document pairs) computed by the embedding service",
+        &["model"]
     )
     .expect("metric registers once")
 });
@@ -101,6 +111,7 @@ impl Batcher {
 fn worker(model: Arc<OnnxModel>, mut rx: mpsc::Receiver<Job>, opts: BatchOptions) {
     let size = BATCH_SIZE.with_label_values(&[&model.name]);
     let waited = QUEUE_SECONDS.with_label_values(&[&model.name]);
+    let items = ITEMS.with_label_values(&[&model.name]);
     while let Some(first) = rx.blocking_recv() {
         // Take what is queued, up to the budget (counted unpadded; padding is bounded by
         // sorting below).
@@ -145,6 +156,7 @@ fn worker(model: Arc<OnnxModel>, mut rx: mpsc::Receiver<Job>, opts: BatchOptions
             size.observe(chunk.len() as f64);
             match model.run(&chunk) {
                 Ok(out) => {
+                    items.inc_by(chunk.len() as u64);
                     for (&(j, i), v) in order[start..end].iter().zip(out) {
                         results[j][i] = Some(v);
                     }

@@ -22,7 +22,7 @@ use tokenizers::Encoding;
 use super::batch::{BatchOptions, Batcher, SubmitError};
 use super::model::{init_runtime, Kind, ModelSpec, OnnxModel};
 use crate::config::{EmbedServerOptions, ModelConfig, ModelKind};
-use crate::proxy::error::ApiError;
+use crate::proxy::error::{error_response, json_response, ApiError};
 
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
@@ -414,25 +414,6 @@ fn inputs(v: &Value, max_items: usize) -> Result<Inputs, ApiError> {
         })
         .collect::<Result<_, _>>()
         .map(Inputs::Texts)
-}
-
-fn json_response(status: u16, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("content-length", body.len())
-        .body(body)
-        .unwrap_or_default()
-}
-
-fn error_response(e: &ApiError) -> Response<Vec<u8>> {
-    let mut r = json_response(e.status.as_u16(), e.body().to_vec());
-    if let Some(s) = e.retry_after {
-        if let Ok(v) = s.to_string().parse() {
-            r.headers_mut().insert("retry-after", v);
-        }
-    }
-    r
 }
 
 async fn read_body(s: &mut ServerSession) -> Result<Value, ApiError> {

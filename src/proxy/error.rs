@@ -179,3 +179,25 @@ mod tests {
         assert!(v["error"]["message"].as_str().unwrap().contains("a, b"));
     }
 }
+
+/// A JSON answer for Pingora `ServeHttp` apps (the embedding service, the admin listener).
+pub fn json_response(status: u16, body: Vec<u8>) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// [`ApiError`] as a `ServeHttp` answer, with its `Retry-After` and `Allow` headers.
+pub fn error_response(e: &ApiError) -> http::Response<Vec<u8>> {
+    let mut r = json_response(e.status.as_u16(), e.body().to_vec());
+    if let Some(v) = e.retry_after.and_then(|s| s.to_string().parse().ok()) {
+        r.headers_mut().insert("retry-after", v);
+    }
+    if let Some(v) = e.allow.and_then(|a| a.parse().ok()) {
+        r.headers_mut().insert("allow", v);
+    }
+    r
+}

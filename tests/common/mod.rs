@@ -50,6 +50,12 @@ impl RouterProc {
     /// Writes `yaml` to a temp dir and starts the router on a free loopback port; waits
     /// until `/health` answers.
     pub async fn start(yaml: &str) -> RouterProc {
+        Self::start_with_log(yaml, Some("info")).await
+    }
+
+    /// As [`RouterProc::start`], with `RUST_LOG` set to `rust_log` or left unset (so the
+    /// config's `router.log_level` applies).
+    pub async fn start_with_log(yaml: &str, rust_log: Option<&str>) -> RouterProc {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, yaml).unwrap();
@@ -63,14 +69,18 @@ impl RouterProc {
         .unwrap();
         let port = dead_port();
         let log = dir.path().join("router.log");
-        let child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        match rust_log {
+            Some(level) => cmd.env("RUST_LOG", level),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&cfg)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("-c")
             .arg(&pconf)
-            .env("RUST_LOG", "info")
             .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
