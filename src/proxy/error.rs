@@ -165,21 +165,6 @@ impl ApiError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn body_has_openai_shape() {
-        let e = ApiError::model_not_found("x", &["a", "b"]);
-        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
-        assert_eq!(v["error"]["type"], "not_found_error");
-        assert_eq!(v["error"]["code"], "model_not_found");
-        assert_eq!(v["error"]["param"], "model");
-        assert!(v["error"]["message"].as_str().unwrap().contains("a, b"));
-    }
-}
-
 /// A JSON answer for Pingora `ServeHttp` apps (the embedding service, the admin listener).
 pub fn json_response(status: u16, body: Vec<u8>) -> http::Response<Vec<u8>> {
     http::Response::builder()
@@ -200,4 +185,19 @@ pub fn error_response(e: &ApiError) -> http::Response<Vec<u8>> {
         r.headers_mut().insert("allow", v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let e = ApiError::model_not_found("x", &["a", "b"]);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "not_found_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("a, b"));
+    }
 }
