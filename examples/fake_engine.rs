@@ -48,7 +48,8 @@ async fn main() {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{line}");
+            // One write(2) per line: engines starting together append to the same file.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
     let _child = (std::env::var("FAKE_CHILD").as_deref() == Ok("1"))

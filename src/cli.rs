@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use pingora::apps::http_app::HttpServer;
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::daemon::ParentReadyGate;
 use crate::embed::service::{EmbedApp, EmbedLoader};
 use crate::proxy::drain::{DrainWatch, Draining};
+use crate::proxy::linger::Lingering;
 use crate::proxy::Router;
 use crate::scrape::service::Scraper;
 use crate::supervisor::Supervisor;
@@ -313,7 +314,8 @@ fn run(cli: Cli, path: &Path) -> i32 {
         start.listener(admin);
         info!(listen = %addr, "admin listener (/metrics, /health)");
     }
-    let mut svc = http_proxy_service(&start.server.configuration, router);
+    let proxy = Lingering::new(http_proxy(&start.server.configuration, router));
+    let mut svc = Service::new("llm-router proxy".to_string(), proxy);
     let listen = config.router.listen.to_string();
     svc.add_tcp(&listen);
     svc.threads = Some(config.router.threads);

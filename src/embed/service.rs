@@ -513,6 +513,7 @@ impl BackgroundService for EmbedLoader {
 #[async_trait]
 impl ServeHttp for EmbedApp {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let _active = crate::proxy::drain::ActiveRequest::new();
         match self.0.get() {
             Some(svc) => svc.response(s).await,
             None => error_response(&ApiError::unavailable(

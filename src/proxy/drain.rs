@@ -3,10 +3,12 @@
 //! while in-flight requests finish.
 //!
 //! Pingora announces its phases on a broadcast channel; a background service turns them
-//! into one flag the proxy reads without locking.
+//! into one flag the proxy reads without locking, and in the grace period ends the
+//! process as soon as nothing is in flight any more.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
@@ -57,27 +59,84 @@ fn is_leaving(p: &ExecutionPhase) -> bool {
     )
 }
 
+/// Requests being answered right now (proxy, embedding service).
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Whether the engine supervisor still has engines to stop (or hand over).
+static ENGINES_BUSY: AtomicBool = AtomicBool::new(false);
+
+/// Counts one request as being answered until dropped (held by the request's context).
+#[derive(Debug)]
+pub struct ActiveRequest(());
+
+impl ActiveRequest {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        ACTIVE.fetch_add(1, Ordering::SeqCst);
+        ActiveRequest(())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Requests being answered now.
+pub fn active_requests() -> usize {
+    ACTIVE.load(Ordering::SeqCst)
+}
+
+/// Set by the supervisor while it runs engines; cleared once every engine is stopped (or
+/// left to the next router), so an early exit never cuts an engine's stop short.
+pub fn set_engines_busy(busy: bool) {
+    ENGINES_BUSY.store(busy, Ordering::SeqCst);
+}
+
+/// How long nothing must be in flight before the process leaves early: covers a
+/// connection accepted just before the listeners closed whose request is still arriving.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// During Pingora's grace period, waits until no request has been in flight for
+/// [`SETTLE`] and the engines are settled, then exits: Pingora itself would sleep out the
+/// whole grace period (120 s by default) even when idle, which makes every stop and the
+/// old process of every reload linger.
+async fn exit_once_drained() {
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let idle = active_requests() == 0 && !ENGINES_BUSY.load(Ordering::SeqCst);
+        match (idle, idle_since) {
+            (false, _) => idle_since = None,
+            (true, None) => idle_since = Some(Instant::now()),
+            (true, Some(t)) if t.elapsed() >= SETTLE => {
+                info!("drained: nothing in flight, exiting before the end of the grace period");
+                std::process::exit(0);
+            }
+            (true, Some(_)) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[async_trait]
 impl BackgroundService for DrainWatch {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(mut rx) = self.phases.lock().ok().and_then(|mut g| g.take()) else {
             return;
         };
         loop {
-            tokio::select! {
-                p = rx.recv() => match p {
-                    Ok(phase) if is_leaving(&phase) => {
+            match rx.recv().await {
+                Ok(phase) => {
+                    if is_leaving(&phase) && !self.draining.is_set() {
                         info!(?phase, "draining: /health now answers 503");
                         self.draining.set();
-                        return;
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = shutdown.changed() => {
-                    self.draining.set();
-                    return;
+                    if matches!(phase, ExecutionPhase::ShutdownGracePeriod) {
+                        exit_once_drained().await;
+                    }
                 }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod body;
 pub mod drain;
 pub mod error;
 pub mod forward;
+pub mod linger;
 mod routes;
 
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub struct RequestCtx {
     request_id: String,
     outcome: Outcome,
     error: Option<ApiError>,
+    /// Counted as in flight (for the early exit of a draining process) until the context
+    /// is dropped, after the access log line.
+    _active: Option<drain::ActiveRequest>,
 }
 
 impl Router {
@@ -346,6 +350,7 @@ impl ProxyHttp for Router {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = Some(Instant::now());
+        ctx._active = Some(drain::ActiveRequest::new());
         ctx.endpoint = "local";
         ctx.request_id = self.request_id(session);
         if self.draining.is_set() {

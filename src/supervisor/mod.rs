@@ -276,7 +276,18 @@ impl Supervisor {
                     return;
                 }
                 let timeout = match end {
-                    End::Shutdown => self.opts.stop_timeout,
+                    End::Shutdown => {
+                        // Stopping (not upgrading): requests still streaming from this
+                        // engine finish first (Pingora's grace period bounds the wait).
+                        let n = crate::proxy::drain::active_requests();
+                        if n > 0 {
+                            info!(instance = %spec.instance, in_flight = n, "engine stops once the requests in flight have finished");
+                        }
+                        while crate::proxy::drain::active_requests() > 0 {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        self.opts.stop_timeout
+                    }
                     End::Crashed(_) => Duration::from_secs(5),
                 };
                 process::stop_group(pgid, child.as_mut(), timeout).await;
@@ -460,12 +471,14 @@ impl Supervisor {
             });
         }
         info!(engines = self.engines.len(), "supervisor: starting engines");
+        crate::proxy::drain::set_engines_busy(true);
         futures_util::future::join_all(
             self.engines
                 .iter()
                 .map(|e| self.run_engine(e, shutdown.clone(), &upgrading, &decided)),
         )
         .await;
+        crate::proxy::drain::set_engines_busy(false);
         if !upgrading.load(Ordering::SeqCst) {
             warn!("supervisor: all engines stopped");
         }
