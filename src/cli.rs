@@ -330,3 +330,52 @@ fn run(cli: Cli, path: &Path) -> i32 {
     );
     start.run_forever()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opt(conf: Option<&Path>) -> Opt {
+        Opt {
+            conf: conf.map(|p| p.display().to_string()),
+            ..Opt::default()
+        }
+    }
+
+    #[test]
+    fn our_defaults_apply_only_where_the_pingora_conf_is_silent() {
+        let s = pingora_server(opt(None)).unwrap();
+        assert_eq!(
+            s.configuration.grace_period_seconds,
+            Some(DEFAULT_GRACE_PERIOD_S)
+        );
+        assert!(s.configuration.daemon_wait_for_ready);
+
+        let dir = tempfile::tempdir().unwrap();
+        let silent = dir.path().join("silent.yaml");
+        std::fs::write(&silent, "---\nversion: 1\npid_file: /tmp/x.pid\n").unwrap();
+        let s = pingora_server(opt(Some(&silent))).unwrap();
+        assert_eq!(s.configuration.grace_period_seconds, Some(120));
+        assert!(s.configuration.daemon_wait_for_ready);
+        assert_eq!(s.configuration.pid_file, "/tmp/x.pid");
+
+        let explicit = dir.path().join("explicit.yaml");
+        std::fs::write(
+            &explicit,
+            "---\nversion: 1\ngrace_period_seconds: 7\ndaemon_wait_for_ready: false\n",
+        )
+        .unwrap();
+        let s = pingora_server(opt(Some(&explicit))).unwrap();
+        assert_eq!(s.configuration.grace_period_seconds, Some(7));
+        assert!(!s.configuration.daemon_wait_for_ready);
+
+        let broken = dir.path().join("broken.yaml");
+        std::fs::write(&broken, "---\nversion: [\n").unwrap();
+        let e = pingora_server(opt(Some(&broken))).err().unwrap();
+        assert!(e.contains("broken.yaml"), "{e}");
+        let e = pingora_server(opt(Some(&dir.path().join("none.yaml"))))
+            .err()
+            .unwrap();
+        assert!(e.contains("none.yaml") && e.contains("cannot read"), "{e}");
+    }
+}
