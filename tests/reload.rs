@@ -446,3 +446,49 @@ async fn stop_finishes_streams_then_exits_without_sitting_out_the_grace_period()
     assert!(log.contains("drained: nothing in flight"), "{log}");
     println!("stop: exit {gone:.2?} after SIGTERM with a stream in flight");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_dying_during_the_hand_over_is_restarted_once_by_the_new_router() {
+    let s = Service::new();
+    s.write_config(false);
+    assert!(s.daemon(false).status.success(), "{}", s.error_log());
+    let first = s.main_pid();
+    wait_for(
+        "both engines healthy",
+        Duration::from_secs(20),
+        async || s.serving(&["e1", "e2"]).await,
+    )
+    .await;
+    let p1 = s.engines[0];
+    let e1 = s.engine_starts(p1)[0];
+
+    // Same config: a plain reload. e1 dies while the old router is handing over.
+    let out = s.reload();
+    assert!(out.status.success(), "{}", s.error_log());
+    let second = s.main_pid();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill(Pid::from_raw(e1), Signal::SIGKILL).unwrap();
+    wait_for(
+        "the old process to exit",
+        Duration::from_secs(GRACE_S),
+        async || !pid_alive(first),
+    )
+    .await;
+    wait_for(
+        "e1 restarted and healthy",
+        Duration::from_secs(20),
+        async || s.engine_starts(p1).len() >= 2 && s.serving(&["e1", "e2"]).await,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Restarted once, by the new router, which alone writes the state file.
+    let restarts = s.engine_starts(p1);
+    assert_eq!(restarts.len(), 2, "{restarts:?}");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(s.path("run/engines.json")).unwrap()).unwrap();
+    assert_eq!(state["e1"]["pid"], json!(restarts[1]), "{state}");
+    assert_eq!(state["e1"]["router"]["pid"], json!(second), "{state}");
+    assert_eq!(state["e2"]["router"]["pid"], json!(second), "{state}");
+    let log = s.error_log();
+    assert!(log.contains("engine left to the new router"), "{log}");
+}

@@ -52,6 +52,9 @@ pub struct Supervisor {
     previous: Mutex<BTreeMap<String, EngineRecord>>,
     /// Live engines of instances no longer configured: stopped once their router is gone.
     retiring: Vec<(String, EngineRecord)>,
+    /// Set when a graceful upgrade begins: from then on the engines and the state file
+    /// belong to the new router (no restart, no stop, no write from this one).
+    upgrading: Arc<AtomicBool>,
 }
 
 /// The engine process being watched: our child, or one adopted from a previous router.
@@ -134,6 +137,7 @@ impl Supervisor {
             records: Mutex::new(BTreeMap::new()),
             previous: Mutex::new(previous),
             retiring,
+            upgrading: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -164,6 +168,9 @@ impl Supervisor {
     }
 
     fn remember(&self, id: &str, rec: Option<EngineRecord>) {
+        if self.upgrading.load(Ordering::SeqCst) {
+            return;
+        }
         if let Ok(mut r) = self.records.lock() {
             match rec {
                 Some(rec) => r.insert(id.to_string(), rec),
@@ -211,7 +218,6 @@ impl Supervisor {
         &self,
         e: &Engine,
         mut shutdown: ShutdownWatch,
-        upgrading: &AtomicBool,
         decided: &mpsc::UnboundedSender<()>,
     ) {
         let (spec, inst) = (&e.spec, &e.inst);
@@ -219,7 +225,7 @@ impl Supervisor {
         let mut adopt = self.adoptable(e).await;
         let _ = decided.send(());
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || self.upgrading.load(Ordering::SeqCst) {
                 return;
             }
             let started = Instant::now();
@@ -271,8 +277,9 @@ impl Supervisor {
                 }
             };
             if pgid != 0 {
-                if matches!(end, End::Shutdown) && upgrading.load(Ordering::SeqCst) {
-                    info!(instance = %spec.instance, pid = pgid, "graceful upgrade: engine left running for the new router");
+                if self.upgrading.load(Ordering::SeqCst) {
+                    // Also when it died during the hand-over: the new router restarts it.
+                    info!(instance = %spec.instance, pid = pgid, "graceful upgrade: engine left to the new router");
                     return;
                 }
                 let timeout = match end {
@@ -454,9 +461,8 @@ impl Supervisor {
         }
         // A SIGQUIT (graceful upgrade) is announced before the shutdown signal: remember
         // it, so that the engines are left to the new router instead of stopped.
-        let upgrading = Arc::new(AtomicBool::new(false));
         if let Some(mut rx) = self.phases.lock().ok().and_then(|mut g| g.take()) {
-            let flag = upgrading.clone();
+            let flag = self.upgrading.clone();
             tokio::spawn(async move {
                 while let Ok(p) = rx.recv().await {
                     if matches!(
@@ -475,11 +481,11 @@ impl Supervisor {
         futures_util::future::join_all(
             self.engines
                 .iter()
-                .map(|e| self.run_engine(e, shutdown.clone(), &upgrading, &decided)),
+                .map(|e| self.run_engine(e, shutdown.clone(), &decided)),
         )
         .await;
         crate::proxy::drain::set_engines_busy(false);
-        if !upgrading.load(Ordering::SeqCst) {
+        if !self.upgrading.load(Ordering::SeqCst) {
             warn!("supervisor: all engines stopped");
         }
     }
