@@ -258,7 +258,11 @@ async fn upgrade_away(s: &Setup, yaml: &str) -> i32 {
         "engine died with the old router: {}",
         a.log_text()
     );
-    assert!(a.log_text().contains("left running"), "{}", a.log_text());
+    assert!(
+        a.log_text().contains("engine left to the new router"),
+        "{}",
+        a.log_text()
+    );
     pid
 }
 
