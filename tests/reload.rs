@@ -61,12 +61,13 @@ impl Service {
     }
 
     /// `m` on e1+e2 before the reload; `m` on e1 and a new model `m2` on e3 after it.
-    fn write_config(&self, after_reload: bool) {
+    /// Engines answer `/health` `ready_after_ms` after their start.
+    fn write_config(&self, after_reload: bool, ready_after_ms: u64) {
         let instance =
             |id: &str, port: u16| format!("      - {{id: {id}, host: 127.0.0.1, port: {port}}}\n");
         let model = |name: &str, instances: String| {
             format!(
-                "  {name}:\n    command: [\"{}\"]\n    env:\n      FAKE_RECORD: \"{}\"\n      FAKE_SSE: \"{SSE_CHUNKS},{SSE_DELAY_MS}\"\n    instances:\n{instances}    model_config:\n      model_tag: org/{name}\n",
+                "  {name}:\n    command: [\"{}\"]\n    env:\n      FAKE_RECORD: \"{}\"\n      FAKE_SSE: \"{SSE_CHUNKS},{SSE_DELAY_MS}\"\n      FAKE_READY_AFTER_MS: \"{ready_after_ms}\"\n    instances:\n{instances}    model_config:\n      model_tag: org/{name}\n",
                 fake_engine().display(),
                 self.path("record.jsonl").display()
             )
@@ -240,7 +241,7 @@ async fn one_stream(c: &reqwest::Client, url: &str, t: &Tally) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_drops_nothing_and_applies_the_new_config() {
     let s = Service::new();
-    s.write_config(false);
+    s.write_config(false, 0);
 
     // ExecStart: returns once the daemon is up (daemon_wait_for_ready defaults to on).
     let out = s.daemon(false);
@@ -273,7 +274,7 @@ async fn reload_under_load_drops_nothing_and_applies_the_new_config() {
     assert_eq!(reqwest::get(s.url("/health")).await.unwrap().status(), 200);
 
     // The real reload, under load: e2 removed, model m2 on e3 added, e1 unchanged.
-    s.write_config(true);
+    s.write_config(true, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let url = s.url("/v1/chat/completions");
@@ -395,7 +396,7 @@ async fn reload_under_load_drops_nothing_and_applies_the_new_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_finishes_streams_then_exits_without_sitting_out_the_grace_period() {
     let s = Service::new();
-    s.write_config(false);
+    s.write_config(false, 0);
     assert!(s.daemon(false).status.success(), "{}", s.error_log());
     let pid = s.main_pid();
     wait_for(
@@ -450,7 +451,7 @@ async fn stop_finishes_streams_then_exits_without_sitting_out_the_grace_period()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_dying_during_the_hand_over_is_restarted_once_by_the_new_router() {
     let s = Service::new();
-    s.write_config(false);
+    s.write_config(false, 0);
     assert!(s.daemon(false).status.success(), "{}", s.error_log());
     let first = s.main_pid();
     wait_for(
@@ -491,4 +492,43 @@ async fn an_engine_dying_during_the_hand_over_is_restarted_once_by_the_new_route
     assert_eq!(state["e2"]["router"]["pid"], json!(second), "{state}");
     let log = s.error_log();
     assert!(log.contains("engine left to the new router"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_still_loading_at_a_reload_are_adopted_not_started_twice() {
+    let s = Service::new();
+    s.write_config(false, 3000);
+    // -d returns once the engines are started, not once they are ready.
+    assert!(s.daemon(false).status.success(), "{}", s.error_log());
+    let first = s.main_pid();
+    let out = s.reload();
+    assert!(out.status.success(), "{}", s.error_log());
+    let second = s.main_pid();
+    wait_for(
+        "the old process to exit",
+        Duration::from_secs(GRACE_S),
+        async || !pid_alive(first),
+    )
+    .await;
+    wait_for(
+        "both engines healthy",
+        Duration::from_secs(20),
+        async || s.serving(&["e1", "e2"]).await,
+    )
+    .await;
+    for p in &s.engines[..2] {
+        assert_eq!(
+            s.engine_starts(*p).len(),
+            1,
+            "engine on port {p} started twice"
+        );
+    }
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(s.path("run/engines.json")).unwrap()).unwrap();
+    for id in ["e1", "e2"] {
+        assert_eq!(state[id]["ready"], json!(true), "{state}");
+        assert_eq!(state[id]["router"]["pid"], json!(second), "{state}");
+    }
+    let log = s.error_log();
+    assert!(log.contains("loading=true"), "{log}");
 }

@@ -190,7 +190,8 @@ impl Supervisor {
             process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
             return None;
         }
-        if !self.healthy(&e.inst).await {
+        // One still loading is adopted as loading; a ready one must answer.
+        if rec.ready && !self.healthy(&e.inst).await {
             warn!(instance = %e.spec.instance, pid = rec.pid, "previous engine does not answer /health: replacing it");
             process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
             return None;
@@ -231,8 +232,9 @@ impl Supervisor {
             let started = Instant::now();
             let mut child = None;
             let (end, pgid) = if let Some(rec) = adopt.take() {
-                info!(instance = %spec.instance, pid = rec.pid, "adopted running engine");
+                info!(instance = %spec.instance, pid = rec.pid, loading = !rec.ready, "adopted running engine");
                 let pgid = rec.pgid;
+                let ready = rec.ready;
                 process::track(pgid);
                 let rec = EngineRecord {
                     router: Owner::me(),
@@ -240,7 +242,7 @@ impl Supervisor {
                 };
                 self.remember(&spec.instance, Some(rec.clone()));
                 (
-                    self.watch(e, Proc::Adopted(rec), &mut shutdown, true, Vec::new())
+                    self.watch(e, Proc::Adopted(rec), &mut shutdown, ready, Vec::new())
                         .await,
                     pgid,
                 )
@@ -267,6 +269,18 @@ impl Supervisor {
                         process::track(pgid);
                         info!(instance = %spec.instance, pid = pgid, log = %spec.log_path.display(),
                             command = %spec.argv.join(" "), "engine started");
+                        self.remember(
+                            &spec.instance,
+                            state::start_time(pgid).map(|start_time| EngineRecord {
+                                pid: pgid,
+                                pgid,
+                                argv: spec.argv.clone(),
+                                cmdline: Vec::new(),
+                                start_time,
+                                router: Owner::me(),
+                                ready: false,
+                            }),
+                        );
                         let c = child.insert(c);
                         (
                             self.watch(e, Proc::Child(c), &mut shutdown, false, gpu_guards)
@@ -366,22 +380,25 @@ impl Supervisor {
             info!(instance = %spec.instance, ready_after_s = t0.elapsed().as_secs_f64(), "engine ready");
             // The next engine on the same GPU(s) may start now.
             drop(gpu_guards);
-            // Recorded once ready: by then any wrapper has exec'd the real engine.
-            if let Proc::Child(c) = &proc {
-                let pid = c.id().map(|p| p as i32).unwrap_or(0);
-                let rec =
-                    state::start_time(pid)
-                        .zip(state::cmdline(pid))
-                        .map(|(start_time, cmdline)| EngineRecord {
-                            pid,
-                            pgid: pid,
-                            argv: spec.argv.clone(),
-                            cmdline,
-                            start_time,
-                            router: Owner::me(),
-                        });
-                self.remember(&spec.instance, rec);
-            }
+            // The command line is recorded once ready: by then any wrapper has exec'd
+            // the real engine.
+            let pid = match &proc {
+                Proc::Child(c) => c.id().map(|p| p as i32).unwrap_or(0),
+                Proc::Adopted(rec) => rec.pid,
+            };
+            let rec =
+                state::start_time(pid)
+                    .zip(state::cmdline(pid))
+                    .map(|(start_time, cmdline)| EngineRecord {
+                        pid,
+                        pgid: pid,
+                        argv: spec.argv.clone(),
+                        cmdline,
+                        start_time,
+                        router: Owner::me(),
+                        ready: true,
+                    });
+            self.remember(&spec.instance, rec);
         }
         inst.stats().set_process(Process::Serving);
         inst.record_success();

@@ -20,7 +20,7 @@ pub struct EngineRecord {
     pub pgid: i32,
     /// The command the router started (from the config).
     pub argv: Vec<String>,
-    /// What `/proc/<pid>/cmdline` showed once the engine was ready.
+    /// What `/proc/<pid>/cmdline` showed once the engine was ready (empty before).
     pub cmdline: Vec<String>,
     /// `/proc/<pid>/stat` start time (clock ticks since boot).
     pub start_time: u64,
@@ -28,6 +28,16 @@ pub struct EngineRecord {
     /// config is stopped only once that router has drained and exited.
     #[serde(default)]
     pub router: Option<Owner>,
+    /// False while the engine is still loading: recorded from the spawn on, so that a
+    /// router taking over during a start adopts (or stops) it instead of starting a
+    /// second copy next to it.
+    #[serde(default = "ready_by_default")]
+    pub ready: bool,
+}
+
+/// Files written before `ready` existed held ready engines only.
+fn ready_by_default() -> bool {
+    true
 }
 
 /// A process identity that survives pid reuse: pid and `/proc` start time.
@@ -117,8 +127,12 @@ pub fn is_live(rec: &EngineRecord) -> bool {
 }
 
 /// Whether the previous router's engine `rec` can serve as the engine started by `argv`.
+/// The command line is compared once recorded (at readiness: a wrapper may still `exec`
+/// while the engine loads); pid plus start time identify the process before that.
 pub fn matches(rec: &EngineRecord, argv: &[String]) -> bool {
-    rec.argv == argv && is_live(rec) && cmdline(rec.pid).as_deref() == Some(rec.cmdline.as_slice())
+    rec.argv == argv
+        && is_live(rec)
+        && (!rec.ready || cmdline(rec.pid).as_deref() == Some(rec.cmdline.as_slice()))
 }
 
 #[cfg(test)]
@@ -139,6 +153,7 @@ mod tests {
             cmdline: cmdline(me).unwrap(),
             start_time: start_time(me).unwrap(),
             router: Owner::me(),
+            ready: true,
         };
         assert!(is_live(&rec));
         assert!(rec.router.unwrap().is_live());
@@ -160,6 +175,14 @@ mod tests {
             start_time: rec.start_time + 1,
             ..rec.clone()
         }));
+        // Still loading: no command line recorded yet, identified by pid + start time.
+        let loading = EngineRecord {
+            cmdline: Vec::new(),
+            ready: false,
+            ..rec.clone()
+        };
+        assert!(matches(&loading, &v(&["x"])));
+        assert!(!matches(&loading, &v(&["y"])));
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path());
         assert!(f.load().is_empty());
@@ -177,5 +200,6 @@ mod tests {
         let m = StateFile::new(dir.path()).load();
         assert_eq!(m["e1"].pid, 5);
         assert_eq!(m["e1"].router, None);
+        assert!(m["e1"].ready);
     }
 }
