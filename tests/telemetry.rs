@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{dead_port, llm, MockVllm, RouterProc};
+use common::{dead_port, llm, wait_for, MockVllm, RouterProc};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -245,20 +245,25 @@ async fn admin_listener_and_log_level_from_the_config() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 
-    // The admin port serves the same metrics and health, and nothing else.
+    // The admin port serves the same metrics and health, and nothing else. (A request is
+    // counted when its access-log line is written, just after the answer went out.)
     let url = |p: &str| format!("http://127.0.0.1:{admin}{p}");
-    let page = c.get(url("/metrics")).send().await.unwrap();
-    assert_eq!(page.status(), 200);
-    let page = page.text().await.unwrap();
-    assert_eq!(
+    let counted = |page: &str| {
         metric(
-            &page,
+            page,
             "llm_router_requests_total",
-            &["model=\"m\"", "status=\"2xx\""]
-        ),
-        Some(1.0),
-        "{page}"
-    );
+            &["model=\"m\"", "status=\"2xx\""],
+        )
+    };
+    let mut page = String::new();
+    wait_for("the request counted", Duration::from_secs(5), async || {
+        let resp = c.get(url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        page = resp.text().await.unwrap();
+        counted(&page).is_some()
+    })
+    .await;
+    assert_eq!(counted(&page), Some(1.0), "{page}");
     assert!(page.contains("llm_router_instance{"), "{page}");
     let health = c.get(url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
