@@ -52,6 +52,8 @@ pub struct Supervisor {
     previous: Mutex<BTreeMap<String, EngineRecord>>,
     /// Live engines of instances no longer configured: stopped once their router is gone.
     retiring: Vec<(String, EngineRecord)>,
+    /// Routers that ran engines before this one (from the state file), other than this one.
+    previous_owners: Vec<Owner>,
     /// Set when a graceful upgrade begins: from then on the engines and the state file
     /// belong to the new router (no restart, no stop, no write from this one).
     upgrading: Arc<AtomicBool>,
@@ -122,6 +124,13 @@ impl Supervisor {
         let mut previous = state.load();
         // Entries of processes that are gone are stale: drop them.
         previous.retain(|_, rec| state::is_live(rec));
+        let mut previous_owners: Vec<Owner> = previous
+            .values()
+            .filter_map(|r| r.router)
+            .filter(|o| Some(*o) != Owner::me())
+            .collect();
+        previous_owners.sort_by_key(|o| (o.pid, o.start_time));
+        previous_owners.dedup();
         let (kept, retiring): (BTreeMap<_, _>, BTreeMap<_, _>) = previous
             .into_iter()
             .partition(|(id, _)| engines.iter().any(|e| &e.spec.instance == id));
@@ -137,6 +146,7 @@ impl Supervisor {
             records: Mutex::new(BTreeMap::new()),
             previous: Mutex::new(previous),
             retiring,
+            previous_owners,
             upgrading: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -199,6 +209,31 @@ impl Supervisor {
         Some(rec)
     }
 
+    /// A live engine for this instance that another live router (the other side of a
+    /// graceful upgrade) started since this router read the state file, e.g. a restart
+    /// that was due just as the reload began: adopted instead of starting a second copy.
+    fn claimed_elsewhere(&self, spec: &EngineSpec) -> Option<EngineRecord> {
+        let rec = self.state.load().remove(&spec.instance)?;
+        let owner = rec.router?;
+        (Some(owner) != Owner::me() && owner.is_live() && state::matches(&rec, &spec.argv))
+            .then_some(rec)
+    }
+
+    /// Once the routers that wrote the state file before this one have exited, writes it
+    /// again: during the hand-over both may have written it, and the last word must be
+    /// this router's.
+    async fn settle_state_file(&self) {
+        while self.previous_owners.iter().any(Owner::is_live) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if self.previous_owners.is_empty() || self.upgrading.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(r) = self.records.lock() {
+            self.state.save(&r);
+        }
+    }
+
     async fn healthy(&self, inst: &Instance) -> bool {
         let ok = matches!(
             tokio::time::timeout(
@@ -258,6 +293,11 @@ impl Supervisor {
                             _ = shutdown.changed() => return,
                         }
                     }
+                }
+                // The other router of a graceful upgrade may have started it meanwhile.
+                if let Some(rec) = self.claimed_elsewhere(spec) {
+                    adopt = Some(rec);
+                    continue;
                 }
                 match process::spawn(spec) {
                     Err(err) => (
@@ -469,7 +509,11 @@ impl Supervisor {
                 .iter()
                 .map(|(id, rec)| self.retire(id, rec.clone())),
         );
-        tokio::join!(retire, self.run_engines(shutdown, decided));
+        tokio::join!(
+            retire,
+            self.settle_state_file(),
+            self.run_engines(shutdown, decided)
+        );
     }
 
     async fn run_engines(&self, shutdown: ShutdownWatch, decided: mpsc::UnboundedSender<()>) {
@@ -504,6 +548,82 @@ impl Supervisor {
         crate::proxy::drain::set_engines_busy(false);
         if !self.upgrading.load(Ordering::SeqCst) {
             warn!("supervisor: all engines stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// The parent of this test process: a live process other than this one, standing in
+    /// for the other router of a graceful upgrade.
+    fn other_router() -> Owner {
+        let pid = nix::unistd::getppid().as_raw();
+        Owner {
+            pid,
+            start_time: state::start_time(pid).unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_engine_another_live_router_started_is_adopted_not_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "LLM_engines:\n  m:\n    command: [\"/bin/true\"]\n    instances:\n      - {{id: e1, host: 127.0.0.1, port: 1}}\n    model_config: {{model_tag: t}}\nsupervisor:\n  run_dir: \"{}\"\n",
+            dir.path().display()
+        );
+        let config = Config::from_yaml_str(&yaml, Path::new("t.yaml")).unwrap();
+        let registry = Registry::new(&config).unwrap();
+        let (_tx, rx) = broadcast::channel(1);
+        let sup = Supervisor::new(&config, &registry, rx);
+        let spec = &sup.engines[0].spec;
+        assert_eq!(sup.claimed_elsewhere(spec), None, "no state file");
+
+        // A loading engine (this test process plays it: it is alive) that the other
+        // router recorded after this one read the file.
+        let me = std::process::id() as i32;
+        let rec = EngineRecord {
+            pid: me,
+            pgid: me,
+            argv: spec.argv.clone(),
+            cmdline: Vec::new(),
+            start_time: state::start_time(me).unwrap(),
+            router: Some(other_router()),
+            ready: false,
+        };
+        let write = |r: &EngineRecord| {
+            sup.state
+                .save(&BTreeMap::from([("e1".to_string(), r.clone())]))
+        };
+        write(&rec);
+        assert_eq!(sup.claimed_elsewhere(spec), Some(rec.clone()));
+        // Not when it is this router's own record, its router is gone, the engine is
+        // gone, or it runs another command.
+        for other in [
+            EngineRecord {
+                router: Owner::me(),
+                ..rec.clone()
+            },
+            EngineRecord {
+                router: Some(Owner {
+                    start_time: 1,
+                    ..other_router()
+                }),
+                ..rec.clone()
+            },
+            EngineRecord {
+                start_time: rec.start_time + 1,
+                ..rec.clone()
+            },
+            EngineRecord {
+                argv: vec!["other".into()],
+                ..rec.clone()
+            },
+        ] {
+            write(&other);
+            assert_eq!(sup.claimed_elsewhere(spec), None, "{other:?}");
         }
     }
 }
