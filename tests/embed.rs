@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 use base64::Engine as _;
-use common::{dead_port, RouterProc};
+use common::{dead_port, model_ids, RouterProc};
 use serde_json::{json, Value};
 
 fn models() -> PathBuf {
@@ -304,12 +304,7 @@ async fn concurrent_requests_are_batched() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    let metrics = reqwest::get(format!("http://127.0.0.1:{embed_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service_metrics(embed_port).await;
     let read = |name: &str| -> f64 {
         metrics
             .lines()
@@ -369,12 +364,7 @@ async fn a_full_queue_answers_429_and_recovers() {
 async fn models_list_includes_embedding_and_rerank_models() {
     let (r, _) = start("").await;
     let v = r.get_json("/v1/models").await;
-    let ids: Vec<&str> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = model_ids(&v);
     assert_eq!(
         ids,
         [
@@ -448,12 +438,7 @@ async fn requests_of_clients_that_left_are_dropped_from_the_queue() {
         (resp.status().as_u16(), ())
     };
     assert_eq!(st, 200);
-    let metrics = reqwest::get(format!("http://127.0.0.1:{embed_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service_metrics(embed_port).await;
     let sum: f64 = metrics
         .lines()
         .find(|l| l.starts_with("llm_router_embed_batch_size_sum") && l.contains("ms-marco"))
@@ -461,4 +446,14 @@ async fn requests_of_clients_that_left_are_dropped_from_the_queue() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert_eq!(sum, 65.0, "the 10 abandoned requests were computed anyway");
+}
+
+/// The embedding service's own `/metrics` page.
+async fn service_metrics(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{dead_port, llm, MockVllm, RouterProc};
+use common::{dead_port, llm, model_ids, MockVllm, RouterProc};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -448,12 +448,7 @@ async fn local_endpoints_models_and_health() {
     let r = RouterProc::start(&yaml).await;
     let v = r.get_json("/v1/models").await;
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = model_ids(&v);
     assert_eq!(ids, ["chat-model", "emb", "rr"]);
     assert_eq!(v["data"][0]["object"], "model");
     assert_eq!(v["data"][2]["kind"], "rerank");

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bin, dead_port, fake_engine, pid_alive, starts, wait_for};
+use common::{bin, dead_port, fake_engine, model_ids, pid_alive, starts, wait_for};
 use futures_util::StreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -106,6 +106,31 @@ impl Service {
             .unwrap()
     }
 
+    /// `ExecStart`: returns once the daemon is up (`daemon_wait_for_ready` defaults to on),
+    /// with the daemon's pid.
+    fn start(&self) -> i32 {
+        let out = self.daemon(false);
+        assert!(out.status.success(), "start failed: {}", self.error_log());
+        let pid = self.main_pid();
+        assert!(pid_alive(pid), "no daemon running: {}", self.error_log());
+        pid
+    }
+
+    /// Waits until exactly `ids` are the configured instances, all healthy.
+    async fn wait_healthy(&self, ids: &[&str]) {
+        wait_for(
+            &format!("{ids:?} healthy"),
+            Duration::from_secs(20),
+            async || self.serving(ids).await,
+        )
+        .await;
+    }
+
+    /// `<run_dir>/engines.json`.
+    fn state_file(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.path("run/engines.json")).unwrap()).unwrap()
+    }
+
     /// `$MAINPID`: what the pid file says.
     fn main_pid(&self) -> i32 {
         std::fs::read_to_string(self.path("router.pid"))
@@ -177,6 +202,11 @@ impl Drop for Service {
     }
 }
 
+/// Waits until the process `pid` has exited.
+async fn wait_exit(what: &str, pid: i32, limit: Duration) {
+    wait_for(what, limit, async || !pid_alive(pid)).await;
+}
+
 /// What the load saw.
 #[derive(Default)]
 struct Tally {
@@ -243,17 +273,8 @@ async fn reload_under_load_drops_nothing_and_applies_the_new_config() {
     let s = Service::new();
     s.write_config(false, 0);
 
-    // ExecStart: returns once the daemon is up (daemon_wait_for_ready defaults to on).
-    let out = s.daemon(false);
-    assert!(out.status.success(), "start failed: {}", s.error_log());
-    let first = s.main_pid();
-    assert!(pid_alive(first), "no daemon running: {}", s.error_log());
-    wait_for(
-        "both engines healthy",
-        Duration::from_secs(20),
-        async || s.serving(&["e1", "e2"]).await,
-    )
-    .await;
+    let first = s.start();
+    s.wait_healthy(&["e1", "e2"]).await;
     let [p1, p2, p3] = s.engines;
     let (e1, e2) = (s.engine_starts(p1)[0], s.engine_starts(p2)[0]);
 
@@ -314,10 +335,10 @@ async fn reload_under_load_drops_nothing_and_applies_the_new_config() {
     assert!(pid_alive(second));
 
     // The old process drains (QUIT + 5 s + grace period) and leaves.
-    wait_for(
+    wait_exit(
         "the old process to exit",
+        first,
         Duration::from_secs(GRACE_S + 15),
-        async || !pid_alive(first),
     )
     .await;
     let old_gone = t0.elapsed();
@@ -348,27 +369,19 @@ async fn reload_under_load_drops_nothing_and_applies_the_new_config() {
 
     // The new config is in force: m2 is served, e2's engine is stopped now that the old
     // router is gone, e1 is the same process (adopted, never restarted), e3 was started.
-    wait_for("e1 and e3 healthy", Duration::from_secs(20), async || {
-        s.serving(&["e1", "e3"]).await
-    })
-    .await;
+    s.wait_healthy(&["e1", "e3"]).await;
     let models: Value = reqwest::get(s.url("/v1/models"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["id"].as_str())
-        .collect();
+    let ids = model_ids(&models);
     assert!(ids.contains(&"m") && ids.contains(&"m2"), "{ids:?}");
-    wait_for(
+    wait_exit(
         "the removed instance's engine to stop",
+        e2,
         Duration::from_secs(10),
-        async || !pid_alive(e2),
     )
     .await;
     assert_eq!(s.engine_starts(p1), vec![e1], "e1 restarted");
@@ -397,14 +410,8 @@ async fn reload_under_load_drops_nothing_and_applies_the_new_config() {
 async fn stop_finishes_streams_then_exits_without_sitting_out_the_grace_period() {
     let s = Service::new();
     s.write_config(false, 0);
-    assert!(s.daemon(false).status.success(), "{}", s.error_log());
-    let pid = s.main_pid();
-    wait_for(
-        "both engines healthy",
-        Duration::from_secs(20),
-        async || s.serving(&["e1", "e2"]).await,
-    )
-    .await;
+    let pid = s.start();
+    s.wait_healthy(&["e1", "e2"]).await;
     let engines: Vec<i32> = s.engines[..2]
         .iter()
         .flat_map(|p| s.engine_starts(*p))
@@ -419,12 +426,7 @@ async fn stop_finishes_streams_then_exits_without_sitting_out_the_grace_period()
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
-    wait_for(
-        "the router to exit",
-        Duration::from_secs(GRACE_S + 15),
-        async || !pid_alive(pid),
-    )
-    .await;
+    wait_exit("the router to exit", pid, Duration::from_secs(GRACE_S + 15)).await;
     let gone = t0.elapsed();
     stream.await.unwrap();
     assert!(
@@ -452,14 +454,8 @@ async fn stop_finishes_streams_then_exits_without_sitting_out_the_grace_period()
 async fn an_engine_dying_during_the_hand_over_is_restarted_once_by_the_new_router() {
     let s = Service::new();
     s.write_config(false, 0);
-    assert!(s.daemon(false).status.success(), "{}", s.error_log());
-    let first = s.main_pid();
-    wait_for(
-        "both engines healthy",
-        Duration::from_secs(20),
-        async || s.serving(&["e1", "e2"]).await,
-    )
-    .await;
+    let first = s.start();
+    s.wait_healthy(&["e1", "e2"]).await;
     let p1 = s.engines[0];
     let e1 = s.engine_starts(p1)[0];
 
@@ -469,10 +465,10 @@ async fn an_engine_dying_during_the_hand_over_is_restarted_once_by_the_new_route
     let second = s.main_pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     kill(Pid::from_raw(e1), Signal::SIGKILL).unwrap();
-    wait_for(
+    wait_exit(
         "the old process to exit",
+        first,
         Duration::from_secs(GRACE_S),
-        async || !pid_alive(first),
     )
     .await;
     wait_for(
@@ -485,8 +481,7 @@ async fn an_engine_dying_during_the_hand_over_is_restarted_once_by_the_new_route
     // Restarted once, by the new router, which alone writes the state file.
     let restarts = s.engine_starts(p1);
     assert_eq!(restarts.len(), 2, "{restarts:?}");
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(s.path("run/engines.json")).unwrap()).unwrap();
+    let state = s.state_file();
     assert_eq!(state["e1"]["pid"], json!(restarts[1]), "{state}");
     assert_eq!(state["e1"]["router"]["pid"], json!(second), "{state}");
     assert_eq!(state["e2"]["router"]["pid"], json!(second), "{state}");
@@ -499,23 +494,17 @@ async fn engines_still_loading_at_a_reload_are_adopted_not_started_twice() {
     let s = Service::new();
     s.write_config(false, 3000);
     // -d returns once the engines are started, not once they are ready.
-    assert!(s.daemon(false).status.success(), "{}", s.error_log());
-    let first = s.main_pid();
+    let first = s.start();
     let out = s.reload();
     assert!(out.status.success(), "{}", s.error_log());
     let second = s.main_pid();
-    wait_for(
+    wait_exit(
         "the old process to exit",
+        first,
         Duration::from_secs(GRACE_S),
-        async || !pid_alive(first),
     )
     .await;
-    wait_for(
-        "both engines healthy",
-        Duration::from_secs(20),
-        async || s.serving(&["e1", "e2"]).await,
-    )
-    .await;
+    s.wait_healthy(&["e1", "e2"]).await;
     for p in &s.engines[..2] {
         assert_eq!(
             s.engine_starts(*p).len(),
@@ -523,8 +512,7 @@ async fn engines_still_loading_at_a_reload_are_adopted_not_started_twice() {
             "engine on port {p} started twice"
         );
     }
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(s.path("run/engines.json")).unwrap()).unwrap();
+    let state = s.state_file();
     for id in ["e1", "e2"] {
         assert_eq!(state[id]["ready"], json!(true), "{state}");
         assert_eq!(state[id]["router"]["pid"], json!(second), "{state}");

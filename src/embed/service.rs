@@ -8,14 +8,13 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::BytesMut;
-use http::{Response, StatusCode};
+use http::Response;
 use indexmap::IndexMap;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
-use prometheus::{Encoder, TextEncoder};
 use serde_json::{json, Value};
 use tokenizers::Encoding;
 
@@ -532,13 +531,7 @@ impl EmbedService {
             ("GET", "/health") => Ok(json!({"status": "ok"})),
             ("GET", "/v1/models") => Ok(self.models_list()),
             ("GET", "/metrics") => {
-                let mut out = Vec::new();
-                let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
-                return Response::builder()
-                    .status(StatusCode::OK)
-                    .header("content-type", "text/plain; version=0.0.4")
-                    .body(out)
-                    .unwrap_or_default();
+                return crate::telemetry::metrics::page_response(crate::telemetry::metrics::gather())
             }
             ("POST", "/v1/embeddings" | "/embeddings") => match read_body(s).await {
                 Ok(v) => until_client_leaves(s, self.embeddings(&v)).await,

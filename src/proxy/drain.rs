@@ -59,6 +59,17 @@ fn is_leaving(p: &ExecutionPhase) -> bool {
     )
 }
 
+/// The `/health` answer: 200 `{"status":"ok"}`, or 503 `{"status":"draining"}` once the
+/// process is leaving (main port and admin listener alike).
+pub fn health(draining: bool) -> (u16, Vec<u8>) {
+    let (status, state) = if draining {
+        (503, "draining")
+    } else {
+        (200, "ok")
+    };
+    (status, format!(r#"{{"status":"{state}"}}"#).into_bytes())
+}
+
 /// Requests being answered right now (proxy, embedding service).
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 /// Whether the engine supervisor still has engines to stop (or hand over).

@@ -88,17 +88,8 @@ impl Router {
         match route {
             Route::Health => {
                 let draining = self.draining.is_set() || session.is_process_shutting_down();
-                let (status, state) = if draining {
-                    (503, "draining")
-                } else {
-                    (200, "ok")
-                };
-                write_json(
-                    session,
-                    status,
-                    json!({ "status": state }).to_string().into(),
-                )
-                .await;
+                let (status, body) = drain::health(draining);
+                write_json(session, status, body.into()).await;
                 Ok(())
             }
             Route::Models => {
@@ -120,7 +111,7 @@ impl Router {
                     body.into(),
                     &[(
                         "content-type",
-                        "text/plain; version=0.0.4; charset=utf-8".to_string(),
+                        crate::telemetry::metrics::CONTENT_TYPE.to_string(),
                     )],
                 )
                 .await;

@@ -311,15 +311,7 @@ impl Supervisor {
                             command = %spec.argv.join(" "), "engine started");
                         self.remember(
                             &spec.instance,
-                            state::start_time(pgid).map(|start_time| EngineRecord {
-                                pid: pgid,
-                                pgid,
-                                argv: spec.argv.clone(),
-                                cmdline: Vec::new(),
-                                start_time,
-                                router: Owner::me(),
-                                ready: false,
-                            }),
+                            EngineRecord::observe(pgid, &spec.argv, false),
                         );
                         let c = child.insert(c);
                         (
@@ -426,18 +418,7 @@ impl Supervisor {
                 Proc::Child(c) => c.id().map(|p| p as i32).unwrap_or(0),
                 Proc::Adopted(rec) => rec.pid,
             };
-            let rec =
-                state::start_time(pid)
-                    .zip(state::cmdline(pid))
-                    .map(|(start_time, cmdline)| EngineRecord {
-                        pid,
-                        pgid: pid,
-                        argv: spec.argv.clone(),
-                        cmdline,
-                        start_time,
-                        router: Owner::me(),
-                        ready: true,
-                    });
+            let rec = EngineRecord::observe(pid, &spec.argv, true);
             self.remember(&spec.instance, rec);
         }
         inst.stats().set_process(Process::Serving);

@@ -35,6 +35,24 @@ pub struct EngineRecord {
     pub ready: bool,
 }
 
+impl EngineRecord {
+    /// This router's record of the engine `pid` started from `argv`, read from `/proc`
+    /// (`None` if it is gone). The command line is taken only once `ready`: a wrapper may
+    /// still `exec` the real engine while it loads.
+    pub fn observe(pid: i32, argv: &[String], ready: bool) -> Option<EngineRecord> {
+        let cmdline = if ready { cmdline(pid)? } else { Vec::new() };
+        Some(EngineRecord {
+            pid,
+            pgid: pid,
+            argv: argv.to_vec(),
+            cmdline,
+            start_time: start_time(pid)?,
+            router: Owner::me(),
+            ready,
+        })
+    }
+}
+
 /// Files written before `ready` existed held ready engines only.
 fn ready_by_default() -> bool {
     true
@@ -146,15 +164,8 @@ mod tests {
     #[test]
     fn own_process_is_live_and_round_trips() {
         let me = std::process::id() as i32;
-        let rec = EngineRecord {
-            pid: me,
-            pgid: me,
-            argv: v(&["x"]),
-            cmdline: cmdline(me).unwrap(),
-            start_time: start_time(me).unwrap(),
-            router: Owner::me(),
-            ready: true,
-        };
+        let rec = EngineRecord::observe(me, &v(&["x"]), true).unwrap();
+        assert_eq!(rec.cmdline, cmdline(me).unwrap());
         assert!(is_live(&rec));
         assert!(rec.router.unwrap().is_live());
         assert!(!Owner {

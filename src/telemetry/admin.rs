@@ -6,10 +6,9 @@ use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use serde_json::json;
 
 use crate::balance::Registry;
-use crate::proxy::drain::Draining;
+use crate::proxy::drain::{health, Draining};
 use crate::proxy::error::{error_response, json_response, ApiError};
 
 pub struct AdminApp {
@@ -30,21 +29,11 @@ impl ServeHttp for AdminApp {
         let path = s.req_header().uri.path().trim_end_matches('/');
         match (method, path) {
             ("GET" | "HEAD", "/metrics") => {
-                let body = super::metrics::render(&self.registry);
-                Response::builder()
-                    .status(200)
-                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                    .header("content-length", body.len())
-                    .body(body)
-                    .unwrap_or_default()
+                super::metrics::page_response(super::metrics::render(&self.registry))
             }
             ("GET" | "HEAD", "/health") => {
-                let (status, state) = if self.draining.is_set() {
-                    (503, "draining")
-                } else {
-                    (200, "ok")
-                };
-                json_response(status, json!({ "status": state }).to_string().into_bytes())
+                let (status, body) = health(self.draining.is_set());
+                json_response(status, body)
             }
             (m, "/metrics" | "/health") => {
                 error_response(&ApiError::method_not_allowed(m, path, "GET, HEAD"))

@@ -131,7 +131,25 @@ pub fn render(registry: &Registry) -> Vec<u8> {
     // Make sure the families exist even before the first request.
     LazyLock::force(&REQUESTS);
     LazyLock::force(&ENGINE_RESTARTS);
+    gather()
+}
+
+/// The Prometheus text format's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Everything registered in this process, as Prometheus text.
+pub fn gather() -> Vec<u8> {
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
     out
+}
+
+/// A metrics page as a `ServeHttp` answer (embedding service, admin listener).
+pub fn page_response(body: Vec<u8>) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(200)
+        .header("content-type", CONTENT_TYPE)
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
 }

@@ -222,3 +222,11 @@ pub fn pid_alive(pid: i32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The `id`s of a `/v1/models` answer, in order.
+pub fn model_ids(list: &serde_json::Value) -> Vec<&str> {
+    list["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect())
+        .unwrap_or_default()
+}
