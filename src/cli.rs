@@ -11,8 +11,10 @@ use pingora::apps::http_app::HttpServer;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
-use pingora::services::background::background_service;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use pingora::services::ServiceReadyNotifier;
 use pingora::services::{ServiceHandle, ServiceWithDependents};
 use tracing::{info, warn};
 
@@ -26,8 +28,7 @@ use crate::scrape::service::Scraper;
 use crate::supervisor::Supervisor;
 use crate::telemetry::admin::AdminApp;
 
-/// Exit code for a bad config file or bad arguments.
-pub const EXIT_CONFIG: i32 = 2;
+pub use crate::lifecycle::EXIT_CONFIG;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +81,16 @@ fn load(path: &Path) -> Option<Config> {
 }
 
 pub fn main() -> i32 {
+    crate::lifecycle::started_at();
+    // SIGHUP's default action kills; until the handler that reopens the logs is up (a
+    // service, after the daemon fork), it is ignored. Engines get the default back.
+    // SAFETY: setting a signal disposition to SIG_IGN, before any other thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
     crate::telemetry::init_logging();
     let cli = Cli::parse();
     match cli.command {
@@ -157,6 +168,8 @@ struct Startup {
     server: Server,
     before_bootstrap: Vec<ServiceHandle>,
     listeners: Vec<ServiceHandle>,
+    /// Every address a listener will bind, checked before anything starts.
+    addresses: Vec<SocketAddr>,
 }
 
 impl Startup {
@@ -165,6 +178,7 @@ impl Startup {
             server,
             before_bootstrap: Vec::new(),
             listeners: Vec::new(),
+            addresses: Vec::new(),
         };
         let gate = ParentReadyGate::new(&s.server.configuration);
         s.prerequisite(background_service("parent ready gate", gate));
@@ -178,8 +192,14 @@ impl Startup {
         h
     }
 
-    /// A listening service (started after the bootstrap).
-    fn listener(&mut self, svc: impl ServiceWithDependents + 'static) -> ServiceHandle {
+    /// A listening service on `addr` (started after the bootstrap).
+    fn listener<A: pingora::apps::ServerApp + Send + Sync + 'static>(
+        &mut self,
+        mut svc: Service<A>,
+        addr: SocketAddr,
+    ) -> ServiceHandle {
+        svc.add_tcp(&addr.to_string());
+        self.addresses.push(addr);
         let h = self.server.add_service(svc);
         self.listeners.push(h.clone());
         h
@@ -208,15 +228,35 @@ impl Startup {
             EmbedLoader::new(app.clone(), opts, &config.models),
         ));
         let mut service = Service::new("embedding service".to_string(), HttpServer::new_app(app));
-        service.add_tcp(&addr.to_string());
         service.threads = Some(self.server.configuration.threads.max(1));
-        let h = self.listener(service);
+        let h = self.listener(service, addr);
         h.add_dependency(&loader);
         info!(listen = %addr, "embedding service listening");
         Ok(Some(h))
     }
 
+    /// Checks the listen addresses, then runs the server: prerequisites, bootstrap (the
+    /// old process's sockets), listeners; the process commits once the bootstrap is done.
     fn run_forever(mut self) -> i32 {
+        let conf = self.server.configuration.clone();
+        // During a graceful upgrade the old router's sockets are handed over: an address
+        // it listens on is not "in use".
+        let old_router = self
+            .server
+            .options
+            .as_ref()
+            .is_some_and(|o| o.upgrade)
+            .then(|| read_pid(&conf.pid_file))
+            .flatten();
+        if let Err(e) = crate::daemon::check_listen(&self.addresses, old_router) {
+            eprintln!("error: {e}");
+            return 1;
+        }
+        if conf.daemon {
+            crate::daemon::restore_pid_file_on_abort(conf.pid_file.clone());
+        }
+        self.server
+            .add_service(background_service("start-up failure watch", FailureWatch));
         let bootstrap = self.server.bootstrap_as_a_service();
         for p in &self.before_bootstrap {
             bootstrap.add_dependency(p);
@@ -224,7 +264,42 @@ impl Startup {
         for l in &self.listeners {
             l.add_dependency(&bootstrap);
         }
+        let commit = self
+            .server
+            .add_service(background_service("start-up commit", Commit));
+        commit.add_dependency(&bootstrap);
         self.server.run_forever()
+    }
+}
+
+/// The pid in a pid file, if any.
+fn read_pid(path: &str) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Marks the process as in charge once the bootstrap (the hand-over) is done.
+struct Commit;
+
+#[async_trait::async_trait]
+impl BackgroundService for Commit {
+    async fn start_with_ready_notifier(&self, _: ShutdownWatch, ready: ServiceReadyNotifier) {
+        crate::lifecycle::commit();
+        ready.notify_ready();
+    }
+}
+
+/// The one place a running router exits on its own: a service reported that the start
+/// cannot succeed (e.g. a model that does not load). The exit hooks put back what the
+/// abandoned start changed.
+struct FailureWatch;
+
+#[async_trait::async_trait]
+impl BackgroundService for FailureWatch {
+    async fn start(&self, _: ShutdownWatch) {
+        let f = crate::lifecycle::failed().await;
+        tracing::error!("{}", f.message);
+        eprintln!("error: {}", f.message);
+        std::process::exit(f.code);
     }
 }
 
@@ -264,7 +339,7 @@ fn run(cli: Cli, path: &Path) -> i32 {
         config.router.listen = l;
     }
     let draining = Draining::default();
-    let router = match Router::new(&config, draining.clone()) {
+    let router = match Router::new(&config, draining.clone()).and_then(|r| r.check().map(|_| r)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("config error: {}: {e}", path.display());
@@ -290,6 +365,10 @@ fn run(cli: Cli, path: &Path) -> i32 {
         DrainWatch::new(phases, draining.clone()),
     ));
     server.add_service(background_service("metrics scraper", scraper));
+    server.add_service(background_service(
+        "SIGHUP: reopen logs",
+        crate::telemetry::Hangup,
+    ));
     // Engines adopted (or started) before the old router is told to leave.
     start.prerequisite(background_service("engine supervisor", supervisor));
     let embed = match start.embedding(&config) {
@@ -309,17 +388,15 @@ fn run(cli: Cli, path: &Path) -> i32 {
     if let Some(addr) = config.router.admin_listen {
         let app = AdminApp::new(router.registry().clone(), draining);
         let mut admin = Service::new("admin listener".to_string(), HttpServer::new_app(app));
-        admin.add_tcp(&addr.to_string());
         admin.threads = Some(1);
-        start.listener(admin);
+        start.listener(admin, addr);
         info!(listen = %addr, "admin listener (/metrics, /health)");
     }
     let proxy = Lingering::new(http_proxy(&start.server.configuration, router));
     let mut svc = Service::new("llm-router proxy".to_string(), proxy);
-    let listen = config.router.listen.to_string();
-    svc.add_tcp(&listen);
+    let listen = config.router.listen;
     svc.threads = Some(config.router.threads);
-    start.listener(svc);
+    start.listener(svc, listen);
     info!(
         listen = %listen,
         models = config.models.len(),

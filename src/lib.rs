@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod embed;
+pub mod lifecycle;
 pub mod proxy;
 pub mod scrape;
 pub mod supervisor;

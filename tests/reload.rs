@@ -63,25 +63,36 @@ impl Service {
     /// `m` on e1+e2 before the reload; `m` on e1 and a new model `m2` on e3 after it.
     /// Engines answer `/health` `ready_after_ms` after their start.
     fn write_config(&self, after_reload: bool, ready_after_ms: u64) {
-        let instance =
-            |id: &str, port: u16| format!("      - {{id: {id}, host: 127.0.0.1, port: {port}}}\n");
-        let model = |name: &str, instances: String| {
-            format!(
-                "  {name}:\n    command: [\"{}\"]\n    env:\n      FAKE_RECORD: \"{}\"\n      FAKE_SSE: \"{SSE_CHUNKS},{SSE_DELAY_MS}\"\n      FAKE_READY_AFTER_MS: \"{ready_after_ms}\"\n    instances:\n{instances}    model_config:\n      model_tag: org/{name}\n",
-                fake_engine().display(),
-                self.path("record.jsonl").display()
-            )
-        };
-        let [p1, p2, p3] = self.engines;
         let models = if after_reload {
-            model("m", instance("e1", p1)) + &model("m2", instance("e3", p3))
+            self.model("m", &["e1"], ready_after_ms) + &self.model("m2", &["e3"], ready_after_ms)
         } else {
-            model("m", instance("e1", p1) + &instance("e2", p2))
+            self.model("m", &["e1", "e2"], ready_after_ms)
         };
+        self.write_config_text(&models, "");
+    }
+
+    /// One `LLM_engines` entry on fake engines `ids` (of e1, e2, e3).
+    fn model(&self, name: &str, ids: &[&str], ready_after_ms: u64) -> String {
+        let instances: String = ids
+            .iter()
+            .map(|id| {
+                let port = self.engines[id[1..].parse::<usize>().unwrap() - 1];
+                format!("      - {{id: {id}, host: 127.0.0.1, port: {port}}}\n")
+            })
+            .collect();
+        format!(
+            "  {name}:\n    command: [\"{}\"]\n    env:\n      FAKE_RECORD: \"{}\"\n      FAKE_SSE: \"{SSE_CHUNKS},{SSE_DELAY_MS}\"\n      FAKE_READY_AFTER_MS: \"{ready_after_ms}\"\n    instances:\n{instances}    model_config:\n      model_tag: org/{name}\n",
+            fake_engine().display(),
+            self.path("record.jsonl").display()
+        )
+    }
+
+    /// The config: `models` (`LLM_engines` entries), then `extra` (top-level YAML).
+    fn write_config_text(&self, models: &str, extra: &str) {
         std::fs::write(
             self.path("config.yaml"),
             format!(
-                "router:\n  listen: 127.0.0.1:{}\nLLM_engines:\n{models}supervisor:\n  log_dir: \"{}\"\n  run_dir: \"{}\"\n  stop_timeout_s: 3\nbalancer:\n  poll_interval_s: 0.2\n",
+                "router:\n  listen: 127.0.0.1:{}\nLLM_engines:\n{models}supervisor:\n  log_dir: \"{}\"\n  run_dir: \"{}\"\n  stop_timeout_s: 3\nbalancer:\n  poll_interval_s: 0.2\n{extra}",
                 self.port,
                 self.path("logs").display(),
                 self.path("run").display()
@@ -519,4 +530,174 @@ async fn engines_still_loading_at_a_reload_are_adopted_not_started_twice() {
     }
     let log = s.error_log();
     assert!(log.contains("loading=true"), "{log}");
+}
+
+/// What a failed reload must leave exactly as it was.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    main_pid: i32,
+    state_file: Value,
+    engines: Vec<Vec<i32>>,
+}
+
+impl Service {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            main_pid: self.main_pid(),
+            state_file: self.state_file(),
+            engines: self
+                .engines
+                .iter()
+                .map(|p| self.engine_starts(*p))
+                .collect(),
+        }
+    }
+
+    /// The new process of `-u -d` (its pid, from the pid file right after the command).
+    fn reload_without_quit(&self) -> (Output, i32) {
+        let out = self.daemon(true);
+        (out, self.main_pid())
+    }
+}
+
+/// `m` on e1+e2 as before, plus a new instance e3 (which a failing new process starts
+/// and must stop again), plus `extra`.
+fn with_e3(s: &Service, extra: &str) {
+    s.write_config_text(&s.model("m", &["e1", "e2", "e3"], 0), extra);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_leaves_engines_state_file_and_pid_file_as_they_were() {
+    let s = Service::new();
+    s.write_config(false, 0);
+    let old = s.start();
+    s.wait_healthy(&["e1", "e2"]).await;
+    let before = s.snapshot();
+    let [p1, p2, p3] = s.engines;
+    let alive = || [p1, p2].iter().all(|p| pid_alive(s.engine_starts(*p)[0]));
+
+    // Streams run on the old router through every failure and must all complete.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let streams = {
+        let (stop, tally, url) = (stop.clone(), tally.clone(), s.url("/v1/chat/completions"));
+        tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                one_stream(&c, &url, &tally).await;
+            }
+        })
+    };
+    let mut e3_starts = 0;
+
+    // 1. A model that cannot load (the config validates): exits non-zero before it is
+    // ready; e3, which it started meanwhile, is stopped; nothing else is touched.
+    let empty = s.path("empty-model");
+    std::fs::create_dir_all(&empty).unwrap();
+    with_e3(
+        &s,
+        &format!(
+            "embedding_server:\n  host: 127.0.0.1\n  port: {}\n  embedding_models:\n    e: {{model_path: \"{}\"}}\n",
+            dead_port(),
+            empty.display()
+        ),
+    );
+    assert!(
+        common::run_bin(&["check", "--config", s.path("config.yaml").to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = tokio::task::block_in_place(|| s.reload());
+    assert!(
+        !out.status.success(),
+        "model load failure: {}",
+        s.error_log()
+    );
+    assert!(
+        s.error_log().contains("embedding service"),
+        "{}",
+        s.error_log()
+    );
+    e3_starts = e3_starts.max(s.engine_starts(p3).len());
+    for e in s.engine_starts(p3) {
+        wait_exit(
+            "e3 started by the failed process to stop",
+            e,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    assert_eq!(s.main_pid(), old, "pid file restored");
+    assert_eq!(s.state_file(), before.state_file);
+    assert_eq!(s.engine_starts(p1), before.engines[0], "e1 restarted");
+    assert!(alive());
+
+    // 2. A new listen address that is taken: refused before anything starts.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    with_e3(&s, "");
+    let cfg = std::fs::read_to_string(s.path("config.yaml"))
+        .unwrap()
+        .replace(
+            "router:\n",
+            &format!("router:\n  admin_listen: {}\n", taken.local_addr().unwrap()),
+        );
+    std::fs::write(s.path("config.yaml"), cfg).unwrap();
+    let out = tokio::task::block_in_place(|| s.reload());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&taken.local_addr().unwrap().to_string()),
+        "{err}"
+    );
+    assert_eq!(s.main_pid(), old);
+    assert_eq!(s.state_file(), before.state_file);
+
+    // 3. The hand-over never comes (no SIGQUIT to the old router): `-u -d` returned, the
+    // new process gives up waiting for the sockets and exits, after it started e3.
+    with_e3(&s, "");
+    let (out, new) = tokio::task::block_in_place(|| s.reload_without_quit());
+    assert!(out.status.success(), "{}", s.error_log());
+    assert_ne!(new, old);
+    wait_for(
+        "e3 started by the new process",
+        Duration::from_secs(10),
+        async || s.engine_starts(p3).len() > e3_starts,
+    )
+    .await;
+    wait_exit("the new process to give up", new, Duration::from_secs(30)).await;
+    for e in s.engine_starts(p3) {
+        wait_exit("e3 to stop", e, Duration::from_secs(10)).await;
+    }
+    e3_starts = s.engine_starts(p3).len();
+    assert_eq!(s.main_pid(), old, "pid file restored");
+    assert_eq!(s.state_file(), before.state_file);
+    assert!(alive());
+
+    // 4. Stopped (SIGTERM) before it is in charge: the same.
+    let (out, new) = tokio::task::block_in_place(|| s.reload_without_quit());
+    assert!(out.status.success(), "{}", s.error_log());
+    wait_for("e3 started again", Duration::from_secs(10), async || {
+        s.engine_starts(p3).len() > e3_starts
+    })
+    .await;
+    kill(Pid::from_raw(new), Signal::SIGTERM).unwrap();
+    wait_exit("the new process to stop", new, Duration::from_secs(30)).await;
+    for e in s.engine_starts(p3) {
+        wait_exit("e3 to stop", e, Duration::from_secs(10)).await;
+    }
+    assert_eq!(s.main_pid(), old, "pid file restored");
+    assert_eq!(s.state_file(), before.state_file);
+    assert_eq!(s.engine_starts(p1), before.engines[0], "e1 restarted");
+    assert_eq!(s.engine_starts(p2), before.engines[1], "e2 restarted");
+    assert!(alive());
+
+    // The old router served all along.
+    stop.store(true, Ordering::Relaxed);
+    streams.await.unwrap();
+    let failures = tally.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(tally.streams.load(Ordering::Relaxed) >= 3);
+    assert!(s.serving(&["e1", "e2"]).await);
+    assert_eq!(s.main_pid(), old);
+    assert!(pid_alive(old));
 }

@@ -3,6 +3,11 @@
 //! Loading is two steps: [`raw`] gives the file's shape (serde, with the key path of any
 //! type error), [`validate`] turns it into a [`Config`] and reports every problem with the
 //! file, the key path and the reason. Nothing downstream ever sees an unvalidated value.
+//!
+//! Every relative path in the file (`log_dir`, `run_dir`, `model_path`, `tokenizer_path`,
+//! `onnxruntime_path`, a `command` containing a slash, `access_log_file`) is resolved
+//! against the directory of the config file when it is loaded, before any fork: a
+//! daemon (`-d`) runs in `/`, and a service should not depend on where it was started.
 
 mod error;
 mod raw;
@@ -16,6 +21,9 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 pub use error::{ConfigError, ConfigErrors};
+
+/// Where `make models` puts ONNX Runtime, relative to the config file's directory.
+pub const DEFAULT_ONNXRUNTIME_PATH: &str = "models/onnxruntime/libonnxruntime.so.1.31.1";
 
 /// Settings of the proxy itself (the `router:` section), with their defaults.
 #[derive(Debug, Clone, Serialize)]
@@ -48,8 +56,11 @@ pub struct RouterOptions {
     pub max_attempts: Option<usize>,
     /// `Retry-After` seconds sent with a 503. Default 1.
     pub retry_after_s: u64,
-    /// Access log on stdout: `logfmt` (default), `json` or `off`.
+    /// Access log format: `logfmt` (default), `json` or `off`.
     pub access_log: crate::telemetry::access::AccessLogFormat,
+    /// Access log file (appended; reopened on SIGHUP, for logrotate). Default: stdout,
+    /// which a daemon (`-d`) does not have.
+    pub access_log_file: Option<PathBuf>,
     /// Log level of stderr: `info` (default), `warn`, `debug`..., or tracing directives
     /// such as `info,llm_router::scrape=debug`. `RUST_LOG` overrides it.
     pub log_level: String,
@@ -73,6 +84,7 @@ impl Default for RouterOptions {
             max_attempts: None,
             retry_after_s: 1,
             access_log: Default::default(),
+            access_log_file: None,
             log_level: "info".to_string(),
             admin_listen: None,
         }
@@ -217,7 +229,7 @@ pub struct EmbedServerOptions {
     /// Served by this process (default); `false` when another process serves it.
     pub managed: bool,
     /// `libonnxruntime.so`: this key, else `ORT_DYLIB_PATH`, else
-    /// `models/onnxruntime/libonnxruntime.so.1.31.1` (from `make models`).
+    /// [`DEFAULT_ONNXRUNTIME_PATH`] (from `make models`) next to the config file.
     pub onnxruntime_path: PathBuf,
     /// Tokens per batch (items x longest item). Default 16384.
     pub max_batch_tokens: usize,

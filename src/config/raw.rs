@@ -180,6 +180,7 @@ pub struct RawRouter {
     pub max_attempts: Option<usize>,
     pub retry_after_s: Option<u64>,
     pub access_log: Option<crate::telemetry::access::AccessLogFormat>,
+    pub access_log_file: Option<String>,
     pub log_level: Option<String>,
     pub admin_listen: Option<String>,
 }

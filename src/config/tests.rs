@@ -274,3 +274,59 @@ fn bad_balancer_values_are_errors() {
     );
     assert!(e[0].contains("global"), "{e:?}");
 }
+
+#[test]
+fn relative_paths_resolve_against_the_config_files_directory() {
+    let yaml = r#"
+LLM_engines:
+  m:
+    command: ["scripts/serve.sh", "--flag"]
+    instances:
+      - {id: a, host: localhost, port: 8001}
+    model_config: {model_tag: org/m}
+  n:
+    command: "python -m vllm.entrypoints.openai.api_server --model"
+    instances:
+      - {id: b, host: localhost, port: 8002}
+    model_config: {model_tag: org/n}
+  o:
+    command: ["/opt/vllm/bin/vllm", "serve"]
+    instances:
+      - {id: c, host: localhost, port: 8003}
+    model_config: {model_tag: org/o}
+supervisor:
+  log_dir: ../logs
+  run_dir: /run/llm-router
+embedding_server:
+  port: 8005
+  embedding_models:
+    e: {model_path: models/e, tokenizer_path: ./models/e-tok}
+"#;
+    let c = Config::from_yaml_str(yaml, Path::new("/etc/llm-router/config.yaml")).unwrap();
+    let base = Path::new("/etc/llm-router");
+    assert_eq!(
+        c.model("m").unwrap().command,
+        ["/etc/llm-router/scripts/serve.sh", "--flag"]
+    );
+    // No slash: looked up on PATH when the engine starts.
+    assert_eq!(c.model("n").unwrap().command[0], "python");
+    assert_eq!(c.model("o").unwrap().command[0], "/opt/vllm/bin/vllm");
+    assert_eq!(c.supervisor.log_dir, base.join("../logs"));
+    assert_eq!(c.supervisor.run_dir, Path::new("/run/llm-router"));
+    let e = c.model("e").unwrap().embed.as_ref().unwrap();
+    assert_eq!(e.model_path, "/etc/llm-router/models/e");
+    assert_eq!(
+        e.tokenizer_path.as_deref(),
+        Some("/etc/llm-router/models/e-tok")
+    );
+    let es = c.embedding.as_ref().unwrap();
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        assert_eq!(es.onnxruntime_path, base.join(DEFAULT_ONNXRUNTIME_PATH));
+    }
+
+    // Defaults are relative to the file too; a relative config path is made absolute.
+    let c = Config::from_yaml_str(ONE, Path::new("conf/x.yaml")).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(c.supervisor.log_dir, cwd.join("conf/logs"));
+    assert_eq!(c.supervisor.run_dir, cwd.join("conf/run"));
+}

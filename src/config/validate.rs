@@ -39,10 +39,41 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<RawFile, ConfigErrors> {
 /// Collects every problem instead of stopping at the first.
 struct Checker<'a> {
     file: &'a Path,
+    /// The config file's directory (absolute): relative paths in the file are relative
+    /// to it, never to the working directory (`-d` changes that to `/`).
+    base: PathBuf,
     errors: Vec<ConfigError>,
 }
 
+/// The absolute directory of `file`, against which its relative paths resolve.
+fn base_dir(file: &Path) -> PathBuf {
+    let dir = file.parent().unwrap_or(Path::new(""));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
 impl Checker<'_> {
+    /// `p` as written in the file, resolved against the file's directory.
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.as_os_str().is_empty() || p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            // `./x` reads as `x`; `..` is kept (no symlink is resolved).
+            let rest = p
+                .components()
+                .filter(|c| *c != std::path::Component::CurDir);
+            self.base.iter().chain(rest.map(|c| c.as_os_str())).collect()
+        }
+    }
+
+    /// A command's program: a path when it contains a slash (resolved like other paths),
+    /// else a name looked up on `PATH` when the engine starts.
+    fn program(&self, argv: &mut [String]) {
+        if let Some(p) = argv.first_mut().filter(|p| p.contains('/')) {
+            *p = self.path(p).display().to_string();
+        }
+    }
+
     fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError::new(self.file, key, reason));
     }
@@ -110,6 +141,7 @@ impl Checker<'_> {
 pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors> {
     let mut c = Checker {
         file,
+        base: base_dir(file),
         errors: Vec::new(),
     };
     let mut warnings = Vec::new();
@@ -193,11 +225,12 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
             }
         };
         check_tensor_parallel(&mut c, &base, &m.model_config.flags, &instances);
-        let command = match m.command {
+        let mut command = match m.command {
             None => vec!["vllm".to_string(), "serve".to_string()],
             Some(RawCommand::Line(l)) => l.split_whitespace().map(str::to_string).collect(),
             Some(RawCommand::Argv(v)) => v,
         };
+        c.program(&mut command);
         if command.is_empty() {
             c.err(format!("{base}.command"), "must name a program");
         }
@@ -358,8 +391,16 @@ fn resolve_balancer(
 fn resolve_supervisor(c: &mut Checker<'_>, r: RawSupervisor) -> SupervisorOptions {
     let d = SupervisorOptions::default();
     SupervisorOptions {
-        log_dir: r.log_dir.map(PathBuf::from).unwrap_or(d.log_dir),
-        run_dir: r.run_dir.map(PathBuf::from).unwrap_or(d.run_dir),
+        log_dir: c.path(
+            r.log_dir
+                .as_deref()
+                .unwrap_or(&d.log_dir.display().to_string()),
+        ),
+        run_dir: c.path(
+            r.run_dir
+                .as_deref()
+                .unwrap_or(&d.run_dir.display().to_string()),
+        ),
         startup_timeout: c.secs(
             "supervisor.startup_timeout_s",
             r.startup_timeout_s,
@@ -485,6 +526,7 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
         max_attempts: r.max_attempts,
         retry_after_s: r.retry_after_s.unwrap_or(d.retry_after_s),
         access_log: r.access_log.unwrap_or(d.access_log),
+        access_log_file: r.access_log_file.as_deref().map(|p| c.path(p)),
         log_level,
         admin_listen,
     }
@@ -521,16 +563,18 @@ fn resolve_embedding(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let onnxruntime_path = es
-        .onnxruntime_path
-        .clone()
-        .or_else(|| std::env::var("ORT_DYLIB_PATH").ok())
-        .unwrap_or_else(|| "models/onnxruntime/libonnxruntime.so.1.31.1".into());
+    // The key is relative to the config file; the environment variable to where the
+    // router was started (it comes from the shell, not the file).
+    let onnxruntime_path = match (&es.onnxruntime_path, std::env::var("ORT_DYLIB_PATH")) {
+        (Some(p), _) => c.path(p),
+        (None, Ok(p)) if !p.is_empty() => std::path::absolute(&p).unwrap_or_else(|_| p.into()),
+        _ => c.path(super::DEFAULT_ONNXRUNTIME_PATH),
+    };
     *embedding = Some(super::EmbedServerOptions {
         host: es.host.clone(),
         port,
         managed: es.managed.unwrap_or(true),
-        onnxruntime_path: PathBuf::from(onnxruntime_path),
+        onnxruntime_path,
         max_batch_tokens: es.max_batch_tokens.unwrap_or(16384).max(1),
         max_batch_size: es.max_batch_size.unwrap_or(64).max(1),
         max_queue: es.max_queue.unwrap_or(256).max(1),
@@ -573,8 +617,8 @@ fn resolve_embedding(
                 model_tag: m.model_name,
                 engine_flags: Default::default(),
                 embed: Some(EmbedModelSettings {
-                    model_path: m.model_path,
-                    tokenizer_path: m.tokenizer_path,
+                    model_path: c.path(&m.model_path).display().to_string(),
+                    tokenizer_path: m.tokenizer_path.map(|t| c.path(&t).display().to_string()),
                     max_length: m.max_length,
                     use_gpu: m.use_gpu,
                     use_float16: m.use_float16,

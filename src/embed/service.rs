@@ -499,11 +499,17 @@ impl BackgroundService for EmbedLoader {
                 let _ = self.app.0.set(svc);
                 ready.notify_ready();
             }
+            // Nothing can be served as configured: the start fails like a config error
+            // would. The command line exits; this service never becomes ready, and holds
+            // on to its notifier (Pingora starts the dependents of a service that ends
+            // without it, which would let the bootstrap tell the old router to leave).
             Err(e) => {
-                // Nothing can be served as configured: leave like a config error would.
-                tracing::error!("embedding service: {e}");
-                eprintln!("error: {e}");
-                std::process::exit(crate::cli::EXIT_CONFIG);
+                crate::lifecycle::fail(
+                    crate::lifecycle::EXIT_CONFIG,
+                    format!("embedding service: {e}"),
+                );
+                let _held = ready;
+                std::future::pending::<()>().await;
             }
         }
     }

@@ -25,7 +25,7 @@ use tracing::warn;
 
 use crate::balance::{Model, Registry};
 use crate::config::{AffinityKey, Config, ModelKind, Policy};
-use crate::telemetry::access::{now_rfc3339, AccessLogFormat, AccessRecord};
+use crate::telemetry::access::{now_rfc3339, AccessLog, AccessRecord};
 use crate::telemetry::metrics;
 use error::ApiError;
 
@@ -42,7 +42,7 @@ pub struct Router {
     /// `created` of `/v1/models` entries: when this router started.
     started_unix: u64,
     draining: drain::Draining,
-    access_log: AccessLogFormat,
+    access_log: AccessLog,
     /// Seeds generated request ids.
     id_counter: std::sync::atomic::AtomicU64,
 }
@@ -73,9 +73,17 @@ impl Router {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             draining,
-            access_log: config.router.access_log,
+            access_log: AccessLog::new(
+                config.router.access_log,
+                config.router.access_log_file.clone(),
+            ),
             id_counter: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Start-up checks of what the router will need at its first request.
+    pub fn check(&self) -> Result<(), String> {
+        self.access_log.check()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -420,7 +428,7 @@ impl ProxyHttp for Router {
                     duration_ms = elapsed.as_secs_f64() * 1000.0, error = %e.message, "request failed");
             }
         }
-        AccessRecord {
+        let record = AccessRecord {
             time: now_rfc3339(),
             request_id: &ctx.request_id,
             client: session
@@ -438,8 +446,8 @@ impl ProxyHttp for Router {
             completion_tokens: ctx.outcome.completion_tokens,
             failovers: &ctx.outcome.failovers,
             error: ctx.error.as_ref().map(|e| e.message.as_str()),
-        }
-        .write(self.access_log);
+        };
+        self.access_log.write(&record);
     }
 }
 

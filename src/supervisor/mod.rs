@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::balance::stats::Process;
 use crate::balance::{Instance, Registry};
 use crate::config::{Config, ModelKind, SupervisorOptions};
+use crate::lifecycle;
 use crate::scrape::service::http_get;
 use command::{engine_spec, EngineSpec};
 use state::{EngineRecord, Owner, StateFile};
@@ -47,7 +48,7 @@ pub struct Supervisor {
     connector: Connector,
     state: StateFile,
     /// Engines this router runs (mirrored to the state file).
-    records: Mutex<BTreeMap<String, EngineRecord>>,
+    records: Arc<Mutex<BTreeMap<String, EngineRecord>>>,
     /// What the previous router left running, for adoption.
     previous: Mutex<BTreeMap<String, EngineRecord>>,
     /// Live engines of instances no longer configured: stopped once their router is gone.
@@ -57,6 +58,12 @@ pub struct Supervisor {
     /// Set when a graceful upgrade begins: from then on the engines and the state file
     /// belong to the new router (no restart, no stop, no write from this one).
     upgrading: Arc<AtomicBool>,
+    /// The state file as this router found it, put back if its start is abandoned.
+    initial: BTreeMap<String, EngineRecord>,
+    /// Set when an abandoned start is being undone: no more writes to the state file.
+    frozen: Arc<AtomicBool>,
+    /// Set once this process runs the supervisor (the daemon, not its foreground parent).
+    running: Arc<AtomicBool>,
 }
 
 /// The engine process being watched: our child, or one adopted from a previous router.
@@ -77,6 +84,47 @@ impl Proc<'_> {
                 "adopted process exited (status unknown: not our child)".to_string()
             }
         }
+    }
+}
+
+/// The previous router's engine for an instance, as found at start-up.
+enum Previous {
+    None,
+    /// Alive, same command, healthy (or still loading): taken over.
+    Adopt(EngineRecord),
+    /// Alive but unusable (the reason says why): stopped once this router is in charge,
+    /// then replaced.
+    Replace(EngineRecord, &'static str),
+}
+
+/// One life of an engine process, from start (or adoption) to its end.
+struct Life {
+    end: End,
+    /// 0: the process never started.
+    pgid: i32,
+    child: Option<Child>,
+    /// Taken over from another router rather than started by this one.
+    adopted: bool,
+}
+
+/// What a start attempt came to.
+enum Spawned {
+    Life(Life),
+    /// Another live router started it meanwhile: adopt that one instead.
+    Claimed(EngineRecord),
+    /// The router is leaving.
+    Leave,
+}
+
+/// Stopping (not upgrading): requests still streaming from the engine finish first
+/// (Pingora's grace period bounds the wait).
+async fn wait_for_requests(spec: &EngineSpec) {
+    let n = crate::proxy::drain::active_requests();
+    if n > 0 {
+        info!(instance = %spec.instance, in_flight = n, "engine stops once the requests in flight have finished");
+    }
+    while crate::proxy::drain::active_requests() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -121,7 +169,8 @@ impl Supervisor {
             }
         }
         let state = StateFile::new(&config.supervisor.run_dir);
-        let mut previous = state.load();
+        let initial = state.load();
+        let mut previous = initial.clone();
         // Entries of processes that are gone are stale: drop them.
         previous.retain(|_, rec| state::is_live(rec));
         let mut previous_owners: Vec<Owner> = previous
@@ -136,19 +185,24 @@ impl Supervisor {
             .partition(|(id, _)| engines.iter().any(|e| &e.spec.instance == id));
         let previous = kept;
         let retiring: Vec<_> = retiring.into_iter().collect();
-        Supervisor {
+        let sup = Supervisor {
             engines,
             opts: config.supervisor.clone(),
             gpu_locks,
             phases: Mutex::new(Some(phases)),
             connector: Connector::new(None),
             state,
-            records: Mutex::new(BTreeMap::new()),
+            records: Arc::new(Mutex::new(BTreeMap::new())),
             previous: Mutex::new(previous),
             retiring,
             previous_owners,
             upgrading: Arc::new(AtomicBool::new(false)),
-        }
+            initial,
+            frozen: Arc::new(AtomicBool::new(false)),
+            running: Arc::new(AtomicBool::new(false)),
+        };
+        sup.undo_at_exit();
+        sup
     }
 
     /// Stops the engine of an instance that left the config, once the router that ran it
@@ -156,6 +210,8 @@ impl Supervisor {
     /// Until then it stays in the state file, so that a router started meanwhile finishes
     /// the job.
     async fn retire(&self, id: &str, rec: EngineRecord) {
+        // Not while this router's start may still be abandoned.
+        lifecycle::committed().await;
         self.remember(id, Some(rec.clone()));
         if let Some(owner) = rec.router.filter(|o| Some(*o) != Owner::me()) {
             if owner.is_live() {
@@ -178,10 +234,11 @@ impl Supervisor {
     }
 
     fn remember(&self, id: &str, rec: Option<EngineRecord>) {
-        if self.upgrading.load(Ordering::SeqCst) {
-            return;
-        }
         if let Ok(mut r) = self.records.lock() {
+            // Checked under the lock: an exit that undoes the start takes it too.
+            if self.upgrading.load(Ordering::SeqCst) || self.frozen.load(Ordering::SeqCst) {
+                return;
+            }
             match rec {
                 Some(rec) => r.insert(id.to_string(), rec),
                 None => r.remove(id),
@@ -190,23 +247,49 @@ impl Supervisor {
         }
     }
 
-    /// The previous router's engine for this instance, if it is alive, was started from
-    /// the same command and answers `/health`. A live engine that does not qualify is
-    /// stopped (its GPU memory is needed by the replacement).
-    async fn adoptable(&self, e: &Engine) -> Option<EngineRecord> {
-        let rec = self.previous.lock().ok()?.remove(&e.spec.instance)?;
+    /// What to do with the previous router's engine for this instance: adopt it if it is
+    /// alive, was started from the same command and answers `/health` (or is still
+    /// loading); replace it if it is alive but does not qualify.
+    async fn previous_engine(&self, e: &Engine) -> Previous {
+        let taken = self
+            .previous
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&e.spec.instance));
+        let Some(rec) = taken else {
+            return Previous::None;
+        };
         if !state::matches(&rec, &e.spec.argv) {
-            warn!(instance = %e.spec.instance, pid = rec.pid, "engine command changed: stopping the old engine");
-            process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
-            return None;
+            return Previous::Replace(rec, "engine command changed");
         }
         // One still loading is adopted as loading; a ready one must answer.
         if rec.ready && !self.healthy(&e.inst).await {
-            warn!(instance = %e.spec.instance, pid = rec.pid, "previous engine does not answer /health: replacing it");
-            process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
-            return None;
+            return Previous::Replace(rec, "previous engine does not answer /health");
         }
-        Some(rec)
+        Previous::Adopt(rec)
+    }
+
+    /// Stops the previous router's engine that this one replaces, once this router is in
+    /// charge: a start that fails must leave the old router its engine. False when the
+    /// router is leaving meanwhile.
+    async fn replace(
+        &self,
+        spec: &EngineSpec,
+        rec: EngineRecord,
+        why: &str,
+        shutdown: &mut ShutdownWatch,
+    ) -> bool {
+        if !lifecycle::is_committed() {
+            info!(instance = %spec.instance, pid = rec.pid, reason = why,
+                "previous engine will be replaced once this router is in charge");
+        }
+        tokio::select! {
+            _ = lifecycle::committed() => {}
+            _ = shutdown.changed() => return false,
+        }
+        warn!(instance = %spec.instance, pid = rec.pid, reason = why, "stopping the previous engine to replace it");
+        process::stop_group(rec.pgid, None, self.opts.stop_timeout).await;
+        true
     }
 
     /// A live engine for this instance that another live router (the other side of a
@@ -256,120 +339,185 @@ impl Supervisor {
         mut shutdown: ShutdownWatch,
         decided: &mpsc::UnboundedSender<()>,
     ) {
-        let (spec, inst) = (&e.spec, &e.inst);
-        let mut backoff = BACKOFF_START;
-        let mut adopt = self.adoptable(e).await;
+        let previous = self.previous_engine(e).await;
         let _ = decided.send(());
+        let mut adopt = match previous {
+            Previous::Adopt(rec) => Some(rec),
+            Previous::Replace(rec, why) => {
+                if !self.replace(&e.spec, rec, why, &mut shutdown).await {
+                    return;
+                }
+                None
+            }
+            Previous::None => None,
+        };
+        let mut backoff = BACKOFF_START;
         loop {
             if *shutdown.borrow() || self.upgrading.load(Ordering::SeqCst) {
                 return;
             }
             let started = Instant::now();
-            let mut child = None;
-            let (end, pgid) = if let Some(rec) = adopt.take() {
-                info!(instance = %spec.instance, pid = rec.pid, loading = !rec.ready, "adopted running engine");
-                let pgid = rec.pgid;
-                let ready = rec.ready;
-                process::track(pgid);
-                let rec = EngineRecord {
-                    router: Owner::me(),
-                    ..rec
-                };
-                self.remember(&spec.instance, Some(rec.clone()));
-                (
-                    self.watch(e, Proc::Adopted(rec), &mut shutdown, ready, Vec::new())
-                        .await,
-                    pgid,
-                )
-            } else {
-                inst.stats().set_process(Process::Starting);
-                // Held until this engine is ready: engines sharing a GPU start one after
-                // another (vLLM sizes its memory assuming it is alone while it starts).
-                let mut gpu_guards = Vec::new();
-                for g in &spec.gpus {
-                    if let Some(l) = self.gpu_locks.get(g) {
-                        tokio::select! {
-                            guard = l.clone().lock_owned() => gpu_guards.push(guard),
-                            _ = shutdown.changed() => return,
-                        }
+            let mut life = match adopt.take() {
+                Some(rec) => self.adopted_life(e, rec, &mut shutdown).await,
+                None => match self.spawned_life(e, &mut shutdown).await {
+                    Spawned::Life(l) => l,
+                    Spawned::Claimed(rec) => {
+                        adopt = Some(rec);
+                        continue;
                     }
-                }
-                // The other router of a graceful upgrade may have started it meanwhile.
-                if let Some(rec) = self.claimed_elsewhere(spec) {
-                    adopt = Some(rec);
-                    continue;
-                }
-                match process::spawn(spec) {
-                    Err(err) => (
-                        End::Crashed(format!("cannot start `{}`: {err}", spec.argv.join(" "))),
-                        0,
-                    ),
-                    Ok(c) => {
-                        let pgid = c.id().map(|p| p as i32).unwrap_or(0);
-                        process::track(pgid);
-                        info!(instance = %spec.instance, pid = pgid, log = %spec.log_path.display(),
-                            command = %spec.argv.join(" "), "engine started");
-                        self.remember(
-                            &spec.instance,
-                            EngineRecord::observe(pgid, &spec.argv, false),
-                        );
-                        let c = child.insert(c);
-                        (
-                            self.watch(e, Proc::Child(c), &mut shutdown, false, gpu_guards)
-                                .await,
-                            pgid,
-                        )
-                    }
-                }
+                    Spawned::Leave => return,
+                },
             };
-            if pgid != 0 {
-                if self.upgrading.load(Ordering::SeqCst) {
-                    // Also when it died during the hand-over: the new router restarts it.
-                    info!(instance = %spec.instance, pid = pgid, "graceful upgrade: engine left to the new router");
-                    return;
-                }
-                let timeout = match end {
-                    End::Shutdown => {
-                        // Stopping (not upgrading): requests still streaming from this
-                        // engine finish first (Pingora's grace period bounds the wait).
-                        let n = crate::proxy::drain::active_requests();
-                        if n > 0 {
-                            info!(instance = %spec.instance, in_flight = n, "engine stops once the requests in flight have finished");
-                        }
-                        while crate::proxy::drain::active_requests() > 0 {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        self.opts.stop_timeout
-                    }
-                    End::Crashed(_) => Duration::from_secs(5),
-                };
-                process::stop_group(pgid, child.as_mut(), timeout).await;
-                process::untrack(pgid);
-                self.remember(&spec.instance, None);
-            }
-            let why = match end {
-                End::Shutdown => {
-                    info!(instance = %spec.instance, "engine stopped");
-                    return;
-                }
-                End::Crashed(why) => why,
+            let Some(why) = self.after_life(&e.spec, &mut life, &mut shutdown).await else {
+                return;
             };
-            inst.stats().set_process(Process::Down);
-            inst.log_state_change(&inst.snapshot());
-            crate::telemetry::metrics::ENGINE_RESTARTS
-                .with_label_values(&[&spec.model, &spec.instance])
-                .inc();
             if started.elapsed() >= BACKOFF_RESET_AFTER {
                 backoff = BACKOFF_START;
             }
-            error!(instance = %spec.instance, reason = %why, restart_in_s = backoff.as_secs_f64(),
-                log_tail = %process::tail(&spec.log_path, 20), "engine down");
+            self.mark_down(e, &why, backoff);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => return,
             }
             backoff = (backoff * 2).min(self.opts.restart_backoff_max);
         }
+    }
+
+    /// Takes over a running engine of the previous router and watches it.
+    async fn adopted_life(
+        &self,
+        e: &Engine,
+        rec: EngineRecord,
+        shutdown: &mut ShutdownWatch,
+    ) -> Life {
+        let spec = &e.spec;
+        info!(instance = %spec.instance, pid = rec.pid, loading = !rec.ready, "adopted running engine");
+        let (pgid, ready) = (rec.pgid, rec.ready);
+        process::track_adopted(pgid);
+        let rec = EngineRecord {
+            router: Owner::me(),
+            ..rec
+        };
+        self.remember(&spec.instance, Some(rec.clone()));
+        let end = self
+            .watch(e, Proc::Adopted(rec), shutdown, ready, Vec::new())
+            .await;
+        Life {
+            end,
+            pgid,
+            child: None,
+            adopted: true,
+        }
+    }
+
+    /// Starts the engine (after the locks of its GPUs) and watches it.
+    async fn spawned_life(&self, e: &Engine, shutdown: &mut ShutdownWatch) -> Spawned {
+        let (spec, inst) = (&e.spec, &e.inst);
+        inst.stats().set_process(Process::Starting);
+        // Held until this engine is ready: engines sharing a GPU start one after
+        // another (vLLM sizes its memory assuming it is alone while it starts).
+        let mut gpu_guards = Vec::new();
+        for g in &spec.gpus {
+            if let Some(l) = self.gpu_locks.get(g) {
+                tokio::select! {
+                    guard = l.clone().lock_owned() => gpu_guards.push(guard),
+                    _ = shutdown.changed() => return Spawned::Leave,
+                }
+            }
+        }
+        // The other router of a graceful upgrade may have started it meanwhile.
+        if let Some(rec) = self.claimed_elsewhere(spec) {
+            return Spawned::Claimed(rec);
+        }
+        let mut child = match process::spawn(spec) {
+            Ok(c) => c,
+            Err(err) => {
+                let why = format!("cannot start `{}`: {err}", spec.argv.join(" "));
+                return Spawned::Life(Life {
+                    end: End::Crashed(why),
+                    pgid: 0,
+                    child: None,
+                    adopted: false,
+                });
+            }
+        };
+        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        info!(instance = %spec.instance, pid = pgid, log = %spec.log_path.display(),
+            command = %spec.argv.join(" "), "engine started");
+        self.remember(
+            &spec.instance,
+            EngineRecord::observe(pgid, &spec.argv, false),
+        );
+        let end = self
+            .watch(e, Proc::Child(&mut child), shutdown, false, gpu_guards)
+            .await;
+        Spawned::Life(Life {
+            end,
+            pgid,
+            child: Some(child),
+            adopted: false,
+        })
+    }
+
+    /// After an engine's life: stops what is left of its process group (unless it is
+    /// handed over or was only borrowed), and says why it must be restarted, or `None`
+    /// when the engine's task ends.
+    async fn after_life(
+        &self,
+        spec: &EngineSpec,
+        life: &mut Life,
+        shutdown: &mut ShutdownWatch,
+    ) -> Option<String> {
+        let pgid = life.pgid;
+        if pgid != 0 {
+            if self.upgrading.load(Ordering::SeqCst) {
+                // Also when it died during the hand-over: the new router restarts it.
+                info!(instance = %spec.instance, pid = pgid, "graceful upgrade: engine left to the new router");
+                return None;
+            }
+            if life.adopted && !lifecycle::is_committed() {
+                if let End::Shutdown = life.end {
+                    // An abandoned start: the engine stays with the router that serves.
+                    info!(instance = %spec.instance, pid = pgid, "start-up abandoned: adopted engine left running");
+                    return None;
+                }
+                // It died while the old router may still be in charge: restart it only
+                // once this one is (the restart adopts a copy the old one started).
+                tokio::select! {
+                    _ = lifecycle::committed() => {}
+                    _ = shutdown.changed() => return None,
+                }
+            }
+            let timeout = match life.end {
+                End::Shutdown => {
+                    wait_for_requests(spec).await;
+                    self.opts.stop_timeout
+                }
+                End::Crashed(_) => Duration::from_secs(5),
+            };
+            process::stop_group(pgid, life.child.as_mut(), timeout).await;
+            process::untrack(pgid);
+            self.remember(&spec.instance, None);
+        }
+        match &life.end {
+            End::Shutdown => {
+                info!(instance = %spec.instance, "engine stopped");
+                None
+            }
+            End::Crashed(why) => Some(why.clone()),
+        }
+    }
+
+    /// No traffic to a dead engine; logged with its log's tail, counted as a restart.
+    fn mark_down(&self, e: &Engine, why: &str, backoff: Duration) {
+        let (spec, inst) = (&e.spec, &e.inst);
+        inst.stats().set_process(Process::Down);
+        inst.log_state_change(&inst.snapshot());
+        crate::telemetry::metrics::ENGINE_RESTARTS
+            .with_label_values(&[&spec.model, &spec.instance])
+            .inc();
+        error!(instance = %spec.instance, reason = %why, restart_in_s = backoff.as_secs_f64(),
+            log_tail = %process::tail(&spec.log_path, 20), "engine down");
     }
 
     /// From spawn (or adoption) to death or shutdown: the readiness gate with progress
@@ -485,6 +633,7 @@ impl Supervisor {
     /// Every engine's task, and the retirement of engines whose instance left the config.
     /// `decided` gets one message per engine once it is adopted or about to start.
     async fn run(&self, shutdown: ShutdownWatch, decided: mpsc::UnboundedSender<()>) {
+        self.running.store(true, Ordering::SeqCst);
         let retire = futures_util::future::join_all(
             self.retiring
                 .iter()
@@ -495,6 +644,28 @@ impl Supervisor {
             self.settle_state_file(),
             self.run_engines(shutdown, decided)
         );
+    }
+
+    /// An exit before this router is in charge stops only the engines it spawned and
+    /// puts the state file back as it was (see [`lifecycle`]); a later exit stops every
+    /// engine unless they are handed over. Registered when the supervisor is built, so
+    /// that a service failing before the supervisor runs is covered too.
+    fn undo_at_exit(&self) {
+        process::stop_at_exit();
+        let (state, initial, frozen, records, running) = (
+            self.state.clone(),
+            self.initial.clone(),
+            self.frozen.clone(),
+            self.records.clone(),
+            self.running.clone(),
+        );
+        lifecycle::at_exit(move || {
+            if running.load(Ordering::SeqCst) && !lifecycle::is_committed() {
+                let _writes = records.lock();
+                frozen.store(true, Ordering::SeqCst);
+                state.restore(&initial);
+            }
+        });
     }
 
     async fn run_engines(&self, shutdown: ShutdownWatch, decided: mpsc::UnboundedSender<()>) {

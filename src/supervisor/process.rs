@@ -21,8 +21,25 @@ use tokio::process::{Child, Command};
 use super::command::EngineSpec;
 
 /// Starts the engine: own session, output appended to its log file, no parent-death
-/// signal (engines must survive a graceful upgrade of the router).
+/// signal (engines must survive a graceful upgrade of the router). The engine is tracked
+/// for the exit hook; once the process is exiting, nothing is started any more.
 pub fn spawn(spec: &EngineSpec) -> io::Result<Child> {
+    let mut groups = GROUPS
+        .lock()
+        .map_err(|_| io::Error::other("engine table poisoned"))?;
+    // Checked under the lock the exit hook takes: a start either completes (and is
+    // stopped by the hook) or is refused.
+    if crate::lifecycle::is_exiting() {
+        return Err(io::Error::other("the router is exiting"));
+    }
+    let child = spawn_untracked(spec)?;
+    if let Some(pid) = child.id() {
+        groups.push((pid as i32, false));
+    }
+    Ok(child)
+}
+
+fn spawn_untracked(spec: &EngineSpec) -> io::Result<Child> {
     let (program, args) = spec
         .argv
         .split_first()
@@ -48,9 +65,16 @@ pub fn spawn(spec: &EngineSpec) -> io::Result<Child> {
         .stdout(log)
         .stderr(err)
         .kill_on_drop(false);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // SAFETY: setsid and signal are async-signal-safe and touch no memory of the parent.
+    // The router ignores SIGHUP until its handler is up, and an ignored disposition
+    // survives exec: the engine gets the default back.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigDfl)
+                .map_err(io::Error::from)?;
+            Ok(())
+        });
     }
     cmd.spawn()
 }
@@ -107,25 +131,28 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 /// Engine groups to stop if the router exits without its services shutting down (Pingora
 /// exits at once on SIGINT), unless they are being handed to a new router (upgrade).
-static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// `true` marks a group this process adopted rather than spawned.
+static GROUPS: Mutex<Vec<(i32, bool)>> = Mutex::new(Vec::new());
 static KEEP_ON_EXIT: AtomicBool = AtomicBool::new(false);
 
-pub fn track(pgid: i32) {
+/// Stops the engines at exit (see [`stop_tracked_at_exit`]); registered once, when the
+/// supervisor is built (before any service can fail and exit).
+pub fn stop_at_exit() {
     static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        // SAFETY: registering a plain extern "C" fn with the C runtime.
-        unsafe {
-            nix::libc::atexit(stop_all_at_exit);
-        }
-    });
+    HOOK.call_once(|| crate::lifecycle::at_exit(stop_tracked_at_exit));
+}
+
+/// An engine started by another router and taken over by this one ([`spawn`] tracks
+/// those it starts itself).
+pub fn track_adopted(pgid: i32) {
     if let Ok(mut g) = GROUPS.lock() {
-        g.push(pgid);
+        g.push((pgid, true));
     }
 }
 
 pub fn untrack(pgid: i32) {
     if let Ok(mut g) = GROUPS.lock() {
-        g.retain(|p| *p != pgid);
+        g.retain(|(p, _)| *p != pgid);
     }
 }
 
@@ -134,11 +161,26 @@ pub fn keep_on_exit() {
     KEEP_ON_EXIT.store(true, Ordering::SeqCst);
 }
 
-extern "C" fn stop_all_at_exit() {
+/// The engine groups an exit stops: all of them once this router is in charge; before
+/// that (an abandoned start) only those it spawned itself, never the ones it adopted
+/// from the router that still serves with them.
+fn groups_to_stop(groups: &[(i32, bool)], committed: bool) -> Vec<i32> {
+    groups
+        .iter()
+        .filter(|(_, adopted)| committed || !adopted)
+        .map(|(g, _)| *g)
+        .collect()
+}
+
+fn stop_tracked_at_exit() {
     if KEEP_ON_EXIT.load(Ordering::SeqCst) {
         return;
     }
-    let groups = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+    let groups = match GROUPS.lock() {
+        Ok(g) => g.clone(),
+        Err(_) => return,
+    };
+    let groups = groups_to_stop(&groups, crate::lifecycle::is_committed());
     if groups.is_empty() {
         return;
     }
@@ -158,5 +200,17 @@ extern "C" fn stop_all_at_exit() {
     }
     for &g in &groups {
         signal_group(g, Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_abandoned_start_stops_only_the_engines_it_spawned() {
+        let groups = [(10, false), (11, true), (12, false)];
+        assert_eq!(groups_to_stop(&groups, false), [10, 12]);
+        assert_eq!(groups_to_stop(&groups, true), [10, 11, 12]);
     }
 }

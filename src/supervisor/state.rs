@@ -78,7 +78,7 @@ impl Owner {
 }
 
 /// `<run_dir>/engines.json`, keyed by instance id.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StateFile {
     path: PathBuf,
 }
@@ -97,6 +97,28 @@ impl StateFile {
                 BTreeMap::new()
             }),
             Err(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Undoes what this process wrote since the file read `initial`, for a start that is
+    /// abandoned: its own entries go back to what they were (or away, for engines it
+    /// started), and entries it dropped come back while their engine lives. Entries of
+    /// other routers are left as they are.
+    pub fn restore(&self, initial: &BTreeMap<String, EngineRecord>) {
+        let me = Owner::me();
+        let mut now = self.load();
+        now.retain(|_, rec| rec.router != me || me.is_none());
+        for (id, rec) in initial {
+            if !now.contains_key(id) && is_live(rec) {
+                now.insert(id.clone(), rec.clone());
+            }
+        }
+        if now != self.load() {
+            if now.is_empty() && initial.is_empty() {
+                let _ = std::fs::remove_file(&self.path);
+            } else {
+                self.save(&now);
+            }
         }
     }
 
@@ -212,5 +234,49 @@ mod tests {
         assert_eq!(m["e1"].pid, 5);
         assert_eq!(m["e1"].router, None);
         assert!(m["e1"].ready);
+    }
+
+    #[test]
+    fn restore_undoes_only_what_this_process_wrote() {
+        let me = std::process::id() as i32;
+        let mine = EngineRecord::observe(me, &v(&["x"]), true).unwrap();
+        // Engines the previous router runs (this live process stands in for them).
+        let old_router = Owner {
+            pid: nix::unistd::getppid().as_raw(),
+            start_time: start_time(nix::unistd::getppid().as_raw()).unwrap(),
+        };
+        let theirs = EngineRecord {
+            router: Some(old_router),
+            ..mine.clone()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        let initial = BTreeMap::from([
+            ("adopted".to_string(), theirs.clone()),
+            ("untouched".to_string(), theirs.clone()),
+            ("dropped".to_string(), theirs.clone()),
+        ]);
+        // This process adopted one, started one, dropped one; another router changed one.
+        let changed = EngineRecord {
+            argv: v(&["changed-by-the-old-router"]),
+            ..theirs.clone()
+        };
+        f.save(&BTreeMap::from([
+            ("adopted".to_string(), mine.clone()),
+            ("spawned".to_string(), mine.clone()),
+            ("untouched".to_string(), changed.clone()),
+        ]));
+        f.restore(&initial);
+        let now = f.load();
+        assert_eq!(now.len(), 3, "{now:?}");
+        assert_eq!(now["adopted"], theirs);
+        assert_eq!(now["dropped"], theirs);
+        assert_eq!(now["untouched"], changed);
+        assert!(!now.contains_key("spawned"));
+
+        // Nothing there before: nothing there after.
+        f.save(&BTreeMap::from([("spawned".to_string(), mine)]));
+        f.restore(&BTreeMap::new());
+        assert!(!dir.path().join("engines.json").exists());
     }
 }

@@ -1,7 +1,16 @@
-//! One access-log line per request, on stdout (the logs proper go to stderr), as logfmt
-//! or JSON (`router.access_log`).
+//! One access-log line per request, as logfmt or JSON (`router.access_log`), on stdout
+//! (the logs proper go to stderr) or appended to `router.access_log_file`.
+//!
+//! Lines leave the request path through a bounded queue to one writer thread, so that a
+//! worker thread never waits for a slow disk or a stalled pipe; when the queue is full a
+//! line is dropped and counted (`llm_router_access_log_dropped_total`). The file is
+//! reopened after a SIGHUP ([`reopen`]), which is what logrotate sends.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -114,17 +123,152 @@ impl AccessRecord<'_> {
             }
         }
     }
+}
 
-    pub fn write(&self, format: AccessLogFormat) {
-        if let Some(line) = self.line(format) {
-            let _ = writeln!(std::io::stdout().lock(), "{line}");
+/// Lines waiting for the writer thread at most.
+const QUEUE_LINES: usize = 8192;
+
+/// Bumped by [`reopen`]; the writer reopens its file when it changed.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Makes the writer reopen the access log file before its next line (SIGHUP).
+pub fn reopen() {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The access log of one process: its format, where it goes, and the queue to the writer
+/// thread (started on first use, i.e. after a daemon has forked).
+pub struct AccessLog {
+    format: AccessLogFormat,
+    file: Option<PathBuf>,
+    queue: OnceLock<SyncSender<String>>,
+}
+
+impl AccessLog {
+    pub fn new(format: AccessLogFormat, file: Option<PathBuf>) -> Self {
+        AccessLog {
+            format,
+            file,
+            queue: OnceLock::new(),
         }
+    }
+
+    /// Checks that the file can be opened for appending (at start-up, before any fork).
+    pub fn check(&self) -> Result<(), String> {
+        match &self.file {
+            Some(p) if self.format != AccessLogFormat::Off => open(p)
+                .map(drop)
+                .map_err(|e| format!("router.access_log_file {}: {e}", p.display())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues the record's line; never blocks.
+    pub fn write(&self, rec: &AccessRecord<'_>) {
+        let Some(line) = rec.line(self.format) else {
+            return;
+        };
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = sync_channel(QUEUE_LINES);
+            let file = self.file.clone();
+            let spawned = std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || writer(rx, file));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the access log writer");
+            }
+            tx
+        });
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = queue.try_send(line) {
+            super::metrics::ACCESS_LOG_DROPPED.inc();
+        }
+    }
+}
+
+fn open(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// The writer thread: appends lines, flushes whenever the queue is empty, reopens the
+/// file after [`reopen`] (keeping the old handle if the new open fails).
+fn writer(rx: Receiver<String>, file: Option<PathBuf>) {
+    let sink = |p: &Option<PathBuf>| -> std::io::Result<Box<dyn Write>> {
+        Ok(match p {
+            Some(p) => Box::new(std::io::BufWriter::new(open(p)?)),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        })
+    };
+    let mut generation = GENERATION.load(Ordering::SeqCst);
+    let mut out = match sink(&file) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the access log; lines are dropped");
+            Box::new(std::io::sink())
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let now = GENERATION.load(Ordering::SeqCst);
+        if now != generation {
+            generation = now;
+            let _ = out.flush();
+            match sink(&file) {
+                Ok(o) => out = o,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reopen the access log; still writing to the old file")
+                }
+            }
+        }
+        let _ = writeln!(out, "{first}");
+        while let Ok(line) = rx.try_recv() {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_go_to_the_file_and_a_reopen_follows_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::new(AccessLogFormat::Logfmt, Some(path.clone()));
+        log.check().unwrap();
+        let rec = |id| AccessRecord {
+            request_id: id,
+            ..Default::default()
+        };
+        let wait_for = |p: &Path, what: &str| {
+            let t0 = std::time::Instant::now();
+            while !std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .contains(what)
+            {
+                assert!(t0.elapsed().as_secs() < 10, "{what} not in {}", p.display());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        log.write(&rec("first"));
+        wait_for(&path, "request_id=first");
+        // logrotate: move the file away, then SIGHUP.
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        reopen();
+        log.write(&rec("second"));
+        wait_for(&path, "request_id=second");
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        assert!(old.contains("first") && !old.contains("second"), "{old}");
+        let bad = AccessLog::new(
+            AccessLogFormat::Json,
+            Some(dir.path().join("no/such/dir.log")),
+        );
+        assert!(bad.check().unwrap_err().contains("access_log_file"));
+    }
 
     #[test]
     fn logfmt_and_json_lines() {

@@ -93,6 +93,14 @@ pub static ENGINE_RESTARTS: LazyLock<CounterVec> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+pub static ACCESS_LOG_DROPPED: LazyLock<prometheus::Counter> = LazyLock::new(|| {
+    prometheus::register_counter!(
+        "llm_router_access_log_dropped_total",
+        "Access log lines dropped because the writer could not keep up"
+    )
+    .expect("registers once")
+});
+
 static INSTANCE: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(
         "llm_router_instance",
@@ -131,6 +139,7 @@ pub fn render(registry: &Registry) -> Vec<u8> {
     // Make sure the families exist even before the first request.
     LazyLock::force(&REQUESTS);
     LazyLock::force(&ENGINE_RESTARTS);
+    LazyLock::force(&ACCESS_LOG_DROPPED);
     gather()
 }
 

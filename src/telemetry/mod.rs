@@ -5,7 +5,37 @@ pub mod access;
 pub mod admin;
 pub mod metrics;
 
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use tracing_subscriber::EnvFilter;
+
+/// SIGHUP (what logrotate sends): reopen the access log file. Registered in a service,
+/// after the daemon fork; until then `main` ignores SIGHUP (its default action kills).
+pub struct Hangup;
+
+#[async_trait]
+impl BackgroundService for Hangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGHUP; it stays ignored");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reopening the access log");
+                    access::reopen();
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
 
 /// Replaces the level filter after start-up (once the config is read).
 type SetFilter = Box<dyn Fn(EnvFilter) + Send + Sync>;
