@@ -620,17 +620,89 @@ async fn nothing_is_resent_after_the_engine_started_answering() {
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: {\"a\":1}"));
-    // The cut must surface as an error, not as a clean end of stream.
-    let mut ended_with_error = false;
+    // The cut must surface as an error, not as a clean end of stream: a last error event
+    // (the SDKs raise on it) and no `[DONE]`.
+    let mut rest = Vec::new();
     while let Some(c) = stream.next().await {
-        if c.is_err() {
-            ended_with_error = true;
-        }
+        rest.extend_from_slice(&c.unwrap());
     }
-    assert!(ended_with_error, "truncated stream looked complete");
+    let rest = String::from_utf8(rest).unwrap();
+    let last = rest.trim_end().rsplit("\n\n").next().unwrap();
+    let event: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(event["error"]["code"], "upstream_stream_cut", "{rest}");
+    assert_eq!(event["error"]["type"], "server_error");
+    assert!(!rest.contains("[DONE]"), "{rest}");
     assert_eq!(
         other.requests(),
         0,
         "request was re-sent after the engine answered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_engine_closed_is_retried_on_the_same_instance() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An engine that serves one request per connection, keeps it alive, and closes it
+    // without an answer when a second request arrives on it (as uvicorn closing an idle
+    // connection just as the router reuses it).
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut got = 0;
+                // One whole request: the head, then the Content-Length of the body.
+                loop {
+                    let Ok(n) = s.read(&mut buf[got..]).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got += n;
+                    let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if got >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+                let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                let _ = s.write_all(resp.as_bytes()).await;
+                if buf.starts_with(b"POST /v1/chat/completions") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                // The next request on this connection: read it, close without answering.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}balancer:\n  poll_interval_s: 30\n",
+        llm("m", "org/M", &[("only", port)])
+    ))
+    .await;
+    for i in 0..3 {
+        let resp = post(&r, "/v1/chat/completions", chat("m", false)).await;
+        assert_eq!(resp.status(), 200, "request {i}: {:?}", resp.text().await);
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // Not cooled down, no failover counted.
+    let inst = &r.instances().await[0];
+    assert_ne!(inst["state"], "cooldown", "{inst}");
+    let m = r.get_text("/metrics").await;
+    assert!(!m.contains("llm_router_failovers_total{"), "{m}");
 }

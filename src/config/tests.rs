@@ -212,6 +212,17 @@ fn cuda_device_forms() {
     );
     let e = errors(&ONE.replace("port: 8001}", "port: 8001, cuda_device: \"gpu\"}"));
     assert!(e[0].contains("cuda_device"), "{}", e[0]);
+    for twice in ["[2, 2]", "\"1,0,1\""] {
+        let e = errors(&ONE.replace(
+            "port: 8001}",
+            &format!("port: 8001, cuda_device: {twice}}}"),
+        ));
+        assert!(
+            e[0].contains("instances[0].cuda_device") && e[0].contains("listed twice"),
+            "{}",
+            e[0]
+        );
+    }
 }
 
 #[test]

@@ -62,7 +62,10 @@ impl Checker<'_> {
             let rest = p
                 .components()
                 .filter(|c| *c != std::path::Component::CurDir);
-            self.base.iter().chain(rest.map(|c| c.as_os_str())).collect()
+            self.base
+                .iter()
+                .chain(rest.map(|c| c.as_os_str()))
+                .collect()
         }
     }
 
@@ -89,7 +92,17 @@ impl Checker<'_> {
     }
 
     fn cuda(&mut self, key: String, dev: Option<RawCudaDevice>) -> Option<CudaDevices> {
-        match dev? {
+        let devices = self.cuda_list(&key, dev?)?;
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(d) = devices.0.iter().find(|d| !seen.insert(**d)) {
+            self.err(key, format!("CUDA device {d} is listed twice"));
+            return None;
+        }
+        Some(devices)
+    }
+
+    fn cuda_list(&mut self, key: &str, dev: RawCudaDevice) -> Option<CudaDevices> {
+        match dev {
             RawCudaDevice::One(n) => Some(CudaDevices(vec![n])),
             RawCudaDevice::Many(v) if v.is_empty() => {
                 self.err(key, "empty list of CUDA devices");

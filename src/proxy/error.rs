@@ -141,6 +141,17 @@ impl ApiError {
         )
     }
 
+    /// An event stream the engine cut after it had started: sent as the stream's last
+    /// event (the status line went out long ago).
+    pub fn stream_cut(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "upstream_stream_cut",
+            message.into(),
+        )
+    }
+
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,

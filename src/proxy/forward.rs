@@ -52,13 +52,20 @@ pub struct Outcome {
     pub failovers: Vec<String>,
     pub client_gone: bool,
     /// The engine's answer broke off mid-body: the client's connection must be dropped
-    /// without a clean end, so it sees the truncation.
+    /// without a clean end, so it sees the truncation (an event stream gets an error
+    /// event instead, see [`Outcome::stream_error`]).
     pub upstream_cut: bool,
+    /// Why an event stream ended with an error event instead of its own end.
+    pub stream_error: Option<String>,
     pub ttfb: Option<Duration>,
     /// From the engine's `usage` (JSON answer, or the final SSE chunk).
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
 }
+
+/// Stale pooled connections replaced per instance and request before the instance
+/// counts as failed.
+const STALE_RETRIES: usize = 4;
 
 /// Largest JSON answer scanned for `usage`.
 const USAGE_SCAN_LIMIT: usize = 1024 * 1024;
@@ -100,6 +107,10 @@ impl Outcome {
 
 /// Why one attempt did not produce a response header.
 enum AttemptError {
+    /// A pooled connection the engine had closed: the engine never saw the request. Try
+    /// the same instance again (the pool hands out the next connection, then a new one);
+    /// the instance did nothing wrong.
+    Stale(String),
     /// Nothing reached the engine in a way it could act on: try another instance.
     Retry(String),
     /// The engine may have started on it, or the client left: stop here.
@@ -141,7 +152,18 @@ impl Forwarder {
             };
             tried.push(inst.index);
             let guard = inst.acquire();
-            match self.attempt(session, &guard, &header, &body).await {
+            let mut result = self.attempt(session, &guard, &header, &body).await;
+            for _ in 0..STALE_RETRIES {
+                let Err(AttemptError::Stale(why)) = &result else {
+                    break;
+                };
+                debug!(instance = %inst.id, reason = %why, "pooled connection was closed by the engine; retrying on another");
+                result = self.attempt(session, &guard, &header, &body).await;
+            }
+            if let Err(AttemptError::Stale(why)) = result {
+                result = Err(AttemptError::Retry(why));
+            }
+            match result {
                 Ok(up) => {
                     out.instance = Some(inst.id.clone());
                     out.ttfb = Some(started.elapsed());
@@ -173,6 +195,7 @@ impl Forwarder {
                     out.client_gone = true;
                     return Ok(());
                 }
+                Err(AttemptError::Stale(_)) => unreachable!("turned into Retry above"),
             }
         }
         Err(ApiError::unavailable(
@@ -211,7 +234,12 @@ impl Forwarder {
         .await;
         if let Err(e) = sent {
             // The engine cannot act on a request it did not fully receive.
-            return Err(AttemptError::Retry(format!("sending request: {e}")));
+            let why = format!("sending request: {e}");
+            return Err(if reused {
+                AttemptError::Stale(why)
+            } else {
+                AttemptError::Retry(why)
+            });
         }
         up.set_read_timeout(Some(self.opts.first_byte_timeout));
         let answered = tokio::select! {
@@ -223,7 +251,7 @@ impl Forwarder {
         match answered {
             Ok(()) => Ok(up),
             // A pooled connection the engine closed meanwhile: it never saw the request.
-            Err(e) if reused && !is_timeout(&e) => Err(AttemptError::Retry(format!(
+            Err(e) if reused && !is_timeout(&e) => Err(AttemptError::Stale(format!(
                 "reused connection failed: {e}"
             ))),
             Err(e) if is_timeout(&e) => {
@@ -338,14 +366,23 @@ impl Forwarder {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    // Too late for an error response: the caller drops the client's
-                    // connection so it sees a truncated body, not a clean (wrong) end.
                     warn!(instance = %inst.id, error = %e, "engine response cut mid-body");
                     inst.record_failure("response cut mid-body");
                     metrics::UPSTREAM_ERRORS
                         .with_label_values(&[&inst.model, &inst.id, "cut"])
                         .inc();
-                    out.upstream_cut = true;
+                    if is_sse {
+                        // A last event the SDKs raise on, and no `[DONE]`: never a
+                        // silently short answer.
+                        let msg = format!("The engine's stream broke off: {e}");
+                        let event = stream_cut_event(&msg);
+                        out.stream_error = Some(msg);
+                        let _ = session.write_response_body(Some(event), true).await;
+                    } else {
+                        // Too late for an error response: the caller drops the client's
+                        // connection so it sees a truncated body, not a clean (wrong) end.
+                        out.upstream_cut = true;
+                    }
                     return Ok(());
                 }
             }
@@ -375,6 +412,15 @@ impl Forwarder {
         debug!(instance = %inst.id, "response relayed");
         Ok(())
     }
+}
+
+/// `data: {"error": {...}}` ending an event stream that the engine cut.
+fn stream_cut_event(message: &str) -> Bytes {
+    let e = ApiError::stream_cut(message);
+    let mut event = BytesMut::from(&b"data: "[..]);
+    event.extend_from_slice(&e.body());
+    event.extend_from_slice(b"\n\n");
+    event.freeze()
 }
 
 fn is_timeout(e: &Error) -> bool {

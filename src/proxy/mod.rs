@@ -445,7 +445,11 @@ impl ProxyHttp for Router {
             prompt_tokens: ctx.outcome.prompt_tokens,
             completion_tokens: ctx.outcome.completion_tokens,
             failovers: &ctx.outcome.failovers,
-            error: ctx.error.as_ref().map(|e| e.message.as_str()),
+            error: ctx
+                .error
+                .as_ref()
+                .map(|e| e.message.as_str())
+                .or(ctx.outcome.stream_error.as_deref()),
         };
         self.access_log.write(&record);
     }

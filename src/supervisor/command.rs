@@ -17,7 +17,7 @@ pub struct EngineSpec {
     pub argv: Vec<String>,
     /// Set on top of the router's own environment.
     pub env: Vec<(String, String)>,
-    /// GPUs the engine uses (engines sharing one start one after another).
+    /// GPUs the engine uses, ascending (engines sharing one start one after another).
     pub gpus: Vec<u32>,
     pub log_path: PathBuf,
 }
@@ -54,6 +54,11 @@ pub fn engine_spec(m: &ModelConfig, i: &InstanceConfig, opts: &SupervisorOptions
         env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES");
         env.push(("CUDA_VISIBLE_DEVICES".into(), list));
     }
+    // Locks are always taken in ascending order, so that two engines sharing GPUs in
+    // different orders ([2, 3] and [3, 2]) cannot wait for each other.
+    let mut gpus = gpus;
+    gpus.sort_unstable();
+    gpus.dedup();
     EngineSpec {
         instance: i.id.clone(),
         model: m.name.clone(),
@@ -225,5 +230,17 @@ LLM_engines:
         let e = Config::from_yaml_str(yaml, std::path::Path::new("t.yaml")).unwrap_err();
         assert!(e.to_string().contains("instances[0].cuda_device"), "{e}");
         assert!(e.to_string().contains("tensor_parallel_size is 2"), "{e}");
+    }
+
+    #[test]
+    fn gpu_locks_are_taken_in_ascending_order_whatever_the_device_order() {
+        let yaml = "LLM_engines:\n  m:\n    instances: [{id: a, host: h, port: 9, cuda_device: [3, 2]}]\n    model_config: {model_tag: t}\n";
+        let c = Config::from_yaml_str(yaml, std::path::Path::new("t.yaml")).unwrap();
+        let s = engine_spec(&c.models[0], &c.models[0].instances[0], &c.supervisor);
+        assert_eq!(s.gpus, [2, 3]);
+        // The engine still sees its devices in the order given.
+        assert!(s
+            .env
+            .contains(&("CUDA_VISIBLE_DEVICES".to_string(), "3,2".to_string())));
     }
 }

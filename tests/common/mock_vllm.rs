@@ -8,7 +8,6 @@
 //! because the client (the router) went away.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -229,6 +228,12 @@ async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: 
 }
 
 async fn answer(s: Arc<MockState>, headers: HeaderMap, body: Bytes, object: &str) -> Response {
+    // `x-mock-cut-after: N`: the stream breaks off (connection dropped mid-body) after N
+    // token events, as an engine that dies mid-answer.
+    let cut_after: Option<usize> = headers
+        .get("x-mock-cut-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let (req, mut watch) = match admit(&s, headers, &body).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -264,6 +269,14 @@ async fn answer(s: Arc<MockState>, headers: HeaderMap, body: Bytes, object: &str
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            if cut_after == Some(i) {
+                // After a pause: what was sent before it has been flushed.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                return Some((
+                    Err(std::io::Error::other("engine died")),
+                    (chunks + 2, watch),
+                ));
+            }
             let event = if i < chunks {
                 let delta = if chat {
                     json!({"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null})
@@ -287,7 +300,7 @@ async fn answer(s: Arc<MockState>, headers: HeaderMap, body: Bytes, object: &str
                 watch.done = true;
                 "data: [DONE]\n\n".to_string()
             };
-            Some((Ok::<_, Infallible>(Bytes::from(event)), (i + 1, watch)))
+            Some((Ok::<_, std::io::Error>(Bytes::from(event)), (i + 1, watch)))
         }
     });
     Response::builder()

@@ -147,3 +147,20 @@ def test_errors_raise_the_sdk_exceptions(client):
             model="chat-model", messages=[{"role": "user", "content": "x"}], extra_body={"stream": "yes"}
         )
     assert e.value.body["param"] == "stream"
+
+
+def test_a_stream_the_engine_cuts_raises_instead_of_ending_short(client):
+    stream = client.chat.completions.create(
+        model="chat-model",
+        messages=[{"role": "user", "content": "hello"}],
+        stream=True,
+        extra_headers={"x-mock-cut-after": "3"},
+    )
+    parts = []
+    with pytest.raises(openai.APIError) as e:
+        for chunk in stream:
+            if chunk.choices:
+                parts.append(chunk.choices[0].delta.content or "")
+    assert parts == ["tok0 ", "tok1 ", "tok2 "]
+    assert e.value.code == "upstream_stream_cut"
+    assert e.value.type == "server_error"
