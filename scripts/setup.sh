@@ -8,13 +8,15 @@ say() { echo "[setup] $*"; }
 
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)   # pingora's zlib-ng build
+# systemd-analyze: the tests verify the unit file and its hardening score.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   say "installing system packages: ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 else
-  say "system packages present (cmake)"
+  say "system packages present (cmake, systemd-analyze)"
 fi
 
 if [ "${1:-}" = "--python" ]; then

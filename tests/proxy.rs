@@ -240,6 +240,8 @@ async fn no_reachable_instance_is_503_with_retry_after() {
     assert_eq!(e["code"], "no_instance_available");
     let msg = e["message"].as_str().unwrap();
     assert!(msg.contains("d1") && msg.contains("d2"), "{msg}");
+    // Instance ids, never internal addresses.
+    assert!(!msg.contains("127.0.0.1"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,4 +38,33 @@ fn unit_file_verifies() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
+
+    // Hardened: a dedicated user, no privileges, read-only system; exposure at most 5.0.
+    for key in [
+        "User=llm-router",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "DeviceAllow=char-nvidia-frontend rw",
+    ] {
+        assert!(unit.contains(key), "{key} missing");
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for llm-router.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {text}"));
+    println!("systemd-analyze security: exposure {exposure}");
+    assert!(exposure <= 5.0, "exposure {exposure}: {text}");
 }

@@ -280,6 +280,20 @@ async fn admin_listener_and_log_level_from_the_config() {
         .unwrap()
         .contains("/v1/chat/completions"));
     assert_eq!(m.requests(), 1, "the admin port never proxies");
+    let instances: Value = c
+        .get(url("/v1/router/instances"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(instances["data"][0]["id"], "live", "{instances}");
+    // Introspection is not on the public port any more.
+    for p in ["/metrics", "/v1/router/instances"] {
+        let resp = c.get(r.url(p)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{p} on the main port");
+    }
 
     // log_level: warn: the start-up info lines are not logged, warnings would be.
     tokio::time::sleep(Duration::from_millis(200)).await;

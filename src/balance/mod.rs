@@ -238,6 +238,13 @@ impl Registry {
     }
 
     /// Every instance with its live state, for `GET /v1/router/instances`.
+    /// The `/v1/router/instances` answer: every instance's live state.
+    pub fn instances_page(&self) -> Vec<u8> {
+        serde_json::json!({ "object": "list", "data": self.views() })
+            .to_string()
+            .into_bytes()
+    }
+
     pub fn views(&self) -> Vec<InstanceView<'_>> {
         self.models
             .values()

@@ -198,12 +198,18 @@ impl Forwarder {
                 Err(AttemptError::Stale(_)) => unreachable!("turned into Retry above"),
             }
         }
+        // Instance ids only: the reasons name internal addresses (they are logged).
+        let tried: Vec<&str> = tried
+            .iter()
+            .filter_map(|i| model.instances.iter().find(|x| x.index == *i))
+            .map(|x| x.id.as_str())
+            .collect();
         Err(ApiError::unavailable(
             format!(
-                "No instance of model `{}` is reachable ({} tried: {})",
+                "No instance of model `{}` is reachable ({} tried: {}); retry shortly",
                 model.name,
-                out.failovers.len(),
-                out.failovers.join("; ")
+                tried.len(),
+                tried.join(", ")
             ),
             self.opts.retry_after_s,
         ))

@@ -43,6 +43,8 @@ pub struct Router {
     started_unix: u64,
     draining: drain::Draining,
     access_log: AccessLog,
+    /// `/metrics` and `/v1/router/instances` are served by the admin listener only.
+    admin_only: bool,
     /// Seeds generated request ids.
     id_counter: std::sync::atomic::AtomicU64,
 }
@@ -77,6 +79,7 @@ impl Router {
                 config.router.access_log,
                 config.router.access_log_file.clone(),
             ),
+            admin_only: config.router.admin_listen.is_some(),
             id_counter: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -111,6 +114,10 @@ impl Router {
                 write_json(session, 200, self.model_card(m).to_string().into()).await;
                 Ok(())
             }
+            // With an admin listener, introspection lives only there.
+            Route::Metrics | Route::Instances if self.admin_only => {
+                Err(ApiError::path_not_found(h.uri.path()))
+            }
             Route::Metrics => {
                 let body = crate::telemetry::metrics::render(&self.registry);
                 let _ = write_response(
@@ -126,8 +133,7 @@ impl Router {
                 Ok(())
             }
             Route::Instances => {
-                let body = json!({ "object": "list", "data": self.registry.views() });
-                write_json(session, 200, body.to_string().into()).await;
+                write_json(session, 200, self.registry.instances_page().into()).await;
                 Ok(())
             }
             Route::Inference(endpoint) => {

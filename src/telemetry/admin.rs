@@ -1,6 +1,7 @@
-//! The optional admin listener (`router.admin_listen`): `/metrics` and `/health` only, so
-//! that Prometheus and load-balancer checks need not reach the public port (which may be
-//! exposed, rate-limited or behind auth).
+//! The optional admin listener (`router.admin_listen`): `/metrics`,
+//! `/v1/router/instances` and `/health` only. When it is set, the introspection routes
+//! are served here alone (404 on the public port): the instances' internal addresses and
+//! load are nothing for clients to see.
 
 use async_trait::async_trait;
 use http::Response;
@@ -31,11 +32,14 @@ impl ServeHttp for AdminApp {
             ("GET" | "HEAD", "/metrics") => {
                 super::metrics::page_response(super::metrics::render(&self.registry))
             }
+            ("GET" | "HEAD", "/v1/router/instances") => {
+                json_response(200, self.registry.instances_page())
+            }
             ("GET" | "HEAD", "/health") => {
                 let (status, body) = health(self.draining.is_set());
                 json_response(status, body)
             }
-            (m, "/metrics" | "/health") => {
+            (m, "/metrics" | "/health" | "/v1/router/instances") => {
                 error_response(&ApiError::method_not_allowed(m, path, "GET, HEAD"))
             }
             _ => error_response(&ApiError::path_not_found(path)),
