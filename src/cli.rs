@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::daemon::ParentReadyGate;
 use crate::embed::service::{EmbedApp, EmbedLoader};
 use crate::proxy::drain::{DrainWatch, Draining};
+use crate::proxy::guard::ConnGuard;
 use crate::proxy::linger::Lingering;
 use crate::proxy::Router;
 use crate::scrape::service::Scraper;
@@ -392,7 +393,11 @@ fn run(cli: Cli, path: &Path) -> i32 {
         start.listener(admin, addr);
         info!(listen = %addr, "admin listener (/metrics, /health)");
     }
-    let proxy = Lingering::new(http_proxy(&start.server.configuration, router));
+    let connections = router.connections();
+    let proxy = ConnGuard::new(
+        Lingering::new(http_proxy(&start.server.configuration, router)),
+        connections,
+    );
     let mut svc = Service::new("llm-router proxy".to_string(), proxy);
     let listen = config.router.listen;
     svc.threads = Some(config.router.threads);

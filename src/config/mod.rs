@@ -64,9 +64,88 @@ pub struct RouterOptions {
     /// Log level of stderr: `info` (default), `warn`, `debug`..., or tracing directives
     /// such as `info,llm_router::scrape=debug`. `RUST_LOG` overrides it.
     pub log_level: String,
-    /// A second listener serving only `/metrics` and `/health`, e.g. `127.0.0.1:9947`, so
-    /// that scrapers need not reach the public port. Default: none.
+    /// A second listener serving only `/metrics`, `/v1/router/instances` and `/health`,
+    /// e.g. `127.0.0.1:9947`; those then leave the public port. Default: none.
     pub admin_listen: Option<SocketAddr>,
+    pub timeouts: ClientTimeouts,
+    pub request_limits: RequestLimits,
+    pub connections: ConnectionLimits,
+}
+
+/// `router.timeouts`: Pingora times out single reads only, so a client sending one byte
+/// now and then would hold a connection forever; these bound the whole of each phase.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClientTimeouts {
+    /// The whole request head: from accept for the first request, and for later ones
+    /// from the end of the previous answer (plus `keepalive_idle_s`). Default 10 s.
+    #[serde(with = "secs", rename = "header_read_s")]
+    pub header_read: Duration,
+    /// Idle time between requests on a kept-alive connection; the client's own
+    /// `Keep-Alive` does not extend it. Default 30 s.
+    #[serde(with = "secs", rename = "keepalive_idle_s")]
+    pub keepalive_idle: Duration,
+    /// The whole request body (408 after). Default 60 s.
+    #[serde(with = "secs", rename = "body_read_s")]
+    pub body_read: Duration,
+    /// The longest silence within the body (408 after). Default 15 s.
+    #[serde(with = "secs", rename = "body_idle_s")]
+    pub body_idle: Duration,
+    /// A client that takes no byte for this long while data is pending (a stalled SSE
+    /// reader) is disconnected and its engine request aborted. Default 60 s.
+    #[serde(with = "secs", rename = "write_idle_s")]
+    pub write_idle: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            header_read: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(30),
+            body_read: Duration::from_secs(60),
+            body_idle: Duration::from_secs(15),
+            write_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `router.request_limits`: refused before the body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RequestLimits {
+    /// Longest request target (414 beyond). Default 8192.
+    pub max_uri_bytes: usize,
+    /// Largest request head, request line included (431 beyond; Pingora itself only
+    /// refuses more than 1 MiB, with a 400). Default 32768.
+    pub max_header_bytes: usize,
+    /// HTTP/1.1 without `Host` is a 400 (RFC 9112 §3.2). Default true.
+    pub require_host: bool,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_uri_bytes: 8192,
+            max_header_bytes: 32768,
+            require_host: true,
+        }
+    }
+}
+
+/// `router.connections`: excess connections are closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConnectionLimits {
+    /// Open client connections in all. Default 4096.
+    pub max_total: usize,
+    /// Open client connections from one IP address. Default 128.
+    pub max_per_ip: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_total: 4096,
+            max_per_ip: 128,
+        }
+    }
 }
 
 impl Default for RouterOptions {
@@ -87,6 +166,9 @@ impl Default for RouterOptions {
             access_log_file: None,
             log_level: "info".to_string(),
             admin_listen: None,
+            timeouts: ClientTimeouts::default(),
+            request_limits: RequestLimits::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }

@@ -183,6 +183,40 @@ pub struct RawRouter {
     pub access_log_file: Option<String>,
     pub log_level: Option<String>,
     pub admin_listen: Option<String>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub request_limits: RawRequestLimits,
+    #[serde(default)]
+    pub connections: RawConnections,
+}
+
+/// `router.timeouts`: deadlines against slow and idle clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub header_read_s: Option<f64>,
+    pub keepalive_idle_s: Option<f64>,
+    pub body_read_s: Option<f64>,
+    pub body_idle_s: Option<f64>,
+    pub write_idle_s: Option<f64>,
+}
+
+/// `router.request_limits`: what a request head may be.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestLimits {
+    pub max_uri_bytes: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub require_host: Option<bool>,
+}
+
+/// `router.connections`: caps on open client connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnections {
+    pub max_total: Option<usize>,
+    pub max_per_ip: Option<usize>,
 }
 
 /// `balancer:` (global) and `LLM_engines.<model>.balancer:` (per model, overriding the

@@ -521,17 +521,17 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
             d.connect_timeout,
         ),
         first_byte_timeout: c.secs(
-            "first_byte_timeout_s",
+            "router.first_byte_timeout_s",
             r.first_byte_timeout_s,
             d.first_byte_timeout,
         ),
         read_idle_timeout: c.secs(
-            "read_idle_timeout_s",
+            "router.read_idle_timeout_s",
             r.read_idle_timeout_s,
             d.read_idle_timeout,
         ),
         pool_idle_timeout: c.secs(
-            "pool_idle_timeout_s",
+            "router.pool_idle_timeout_s",
             r.pool_idle_timeout_s,
             d.pool_idle_timeout,
         ),
@@ -542,6 +542,68 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
         access_log_file: r.access_log_file.as_deref().map(|p| c.path(p)),
         log_level,
         admin_listen,
+        timeouts: resolve_timeouts(c, &r.timeouts),
+        request_limits: resolve_request_limits(c, &r.request_limits),
+        connections: resolve_connections(c, &r.connections),
+    }
+}
+
+fn resolve_timeouts(c: &mut Checker<'_>, t: &super::raw::RawTimeouts) -> super::ClientTimeouts {
+    let d = super::ClientTimeouts::default();
+    let k = |name: &str| format!("router.timeouts.{name}");
+    super::ClientTimeouts {
+        header_read: c.secs(&k("header_read_s"), t.header_read_s, d.header_read),
+        keepalive_idle: c.secs(&k("keepalive_idle_s"), t.keepalive_idle_s, d.keepalive_idle),
+        body_read: c.secs(&k("body_read_s"), t.body_read_s, d.body_read),
+        body_idle: c.secs(&k("body_idle_s"), t.body_idle_s, d.body_idle),
+        write_idle: c.secs(&k("write_idle_s"), t.write_idle_s, d.write_idle),
+    }
+}
+
+/// A count that must be at least 1 (`key` names it in the error).
+fn at_least_one(c: &mut Checker<'_>, key: &str, v: Option<usize>, default: usize) -> usize {
+    match v {
+        Some(0) => {
+            c.err(key, "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+fn resolve_request_limits(
+    c: &mut Checker<'_>,
+    r: &super::raw::RawRequestLimits,
+) -> super::RequestLimits {
+    let d = super::RequestLimits::default();
+    let k = "router.request_limits";
+    super::RequestLimits {
+        max_uri_bytes: at_least_one(
+            c,
+            &format!("{k}.max_uri_bytes"),
+            r.max_uri_bytes,
+            d.max_uri_bytes,
+        ),
+        max_header_bytes: at_least_one(
+            c,
+            &format!("{k}.max_header_bytes"),
+            r.max_header_bytes,
+            d.max_header_bytes,
+        ),
+        require_host: r.require_host.unwrap_or(d.require_host),
+    }
+}
+
+fn resolve_connections(
+    c: &mut Checker<'_>,
+    r: &super::raw::RawConnections,
+) -> super::ConnectionLimits {
+    let d = super::ConnectionLimits::default();
+    let k = "router.connections";
+    super::ConnectionLimits {
+        max_total: at_least_one(c, &format!("{k}.max_total"), r.max_total, d.max_total),
+        max_per_ip: at_least_one(c, &format!("{k}.max_per_ip"), r.max_per_ip, d.max_per_ip),
     }
 }
 

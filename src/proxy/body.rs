@@ -21,14 +21,87 @@ pub struct RequestInfo {
     pub user: Option<String>,
 }
 
+/// The fields the router reads or will act on. Each is named here, even when its value
+/// is not used yet: serde refuses a document that repeats a known field, and a body with
+/// two `max_tokens` (or `model`) must not pass the router as one thing and reach the
+/// engine, whose JSON parser keeps the last value, as another.
 #[derive(Deserialize)]
+#[allow(dead_code)]
 struct Probe<'a> {
-    #[serde(borrow, default)]
+    /// `null` is kept (as the raw `null`): an invalid model, not a missing one.
+    #[serde(borrow, default, deserialize_with = "present")]
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<serde_json::Value>,
     #[serde(default)]
     user: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    n: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    priority: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cache_salt: Option<&'a RawValue>,
+}
+
+/// Reads a whole JSON value only to check it: unlike `IgnoredAny`, it parses every number,
+/// so an out-of-range one (`1e999`) is an error here, not an infinity at the engine.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Checked, E> {
+        if v.is_finite() {
+            Ok(Checked)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+        while a.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+        while a.next_entry::<serde::de::IgnoredAny, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+}
+
+/// A field that is there, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Validates `body` as one JSON object and extracts `model` (and `stream`).
@@ -46,12 +119,14 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
             "Request body must be a JSON object with a `model` field",
         ));
     }
-    let probe: Probe<'_> = serde_json::from_slice(body).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         ApiError::bad_request(
             "invalid_json",
             format!("Request body is not valid JSON: {e}"),
         )
-    })?;
+    };
+    let probe: Probe<'_> = serde_json::from_slice(body).map_err(invalid)?;
+    serde_json::from_slice::<Checked>(body).map_err(invalid)?;
     let raw = probe.model.ok_or_else(|| {
         ApiError::bad_request("missing_model", "Missing required parameter: `model`")
             .with_param("model")
@@ -128,7 +203,7 @@ mod tests {
             (b"[1]", "invalid_json"),
             (b"{}", "missing_model"),
             (b"{\"model\": 5}", "invalid_model"),
-            (b"{\"model\": null}", "missing_model"),
+            (b"{\"model\": null}", "invalid_model"),
             (b"{\"model\": \"m\", \"stream\": \"yes\"}", "invalid_stream"),
         ];
         for (body, code) in cases {
@@ -139,8 +214,31 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_model_key_is_rejected() {
+    fn duplicate_keys_the_router_acts_on_are_rejected() {
         assert!(inspect(br#"{"model":"a","model":"b"}"#).is_err());
+        for key in [
+            "max_tokens",
+            "max_completion_tokens",
+            "n",
+            "stream_options",
+            "priority",
+            "cache_salt",
+            "stream",
+        ] {
+            let body = format!(r#"{{"model":"m","{key}":1,"{key}":2}}"#);
+            let e = inspect(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status, 400, "{key}");
+            assert!(
+                e.message.contains("duplicate field"),
+                "{key}: {}",
+                e.message
+            );
+        }
+        // Other repeated keys are the engine's business; one of each is fine.
+        assert!(
+            inspect(br#"{"model":"m","max_tokens":5,"n":1,"temperature":1,"temperature":2}"#)
+                .is_ok()
+        );
     }
 
     proptest! {

@@ -6,6 +6,39 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json;
 
+/// Longest piece of client input echoed in an error message or a log line.
+pub const ECHO_MAX: usize = 256;
+
+/// `s` cut to [`ECHO_MAX`] bytes (at a character boundary), marked when cut: what a
+/// client sent is never echoed at length.
+pub fn clip(s: &str) -> String {
+    if s.len() <= ECHO_MAX {
+        return s.to_string();
+    }
+    let mut end = ECHO_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
+}
+
+/// The names of `available`, up to about 2 KiB, then "and N more": error bodies stay
+/// small however many models there are.
+fn listing(available: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, name) in available.iter().enumerate() {
+        if out.len() + name.len() > 2048 {
+            out.push_str(&format!(", and {} more", available.len() - i));
+            break;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(name);
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -53,8 +86,9 @@ impl ApiError {
             "not_found_error",
             "model_not_found",
             format!(
-                "The model `{model}` does not exist. Available models: {}",
-                available.join(", ")
+                "The model `{}` does not exist. Available models: {}",
+                clip(model),
+                listing(available)
             ),
         )
         .with_param("model")
@@ -65,7 +99,7 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "not_found_error",
             "unknown_url",
-            format!("Unknown request URL: {path}"),
+            format!("Unknown request URL: {}", clip(path)),
         )
     }
 
@@ -74,7 +108,11 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
             "method_not_allowed",
-            format!("Method {method} is not allowed on {path} (allowed: {allow})"),
+            format!(
+                "Method {} is not allowed on {} (allowed: {allow})",
+                clip(method),
+                clip(path)
+            ),
         );
         e.allow = Some(allow);
         e
@@ -161,6 +199,55 @@ impl ApiError {
         )
     }
 
+    pub fn uri_too_long(got: usize, max: usize) -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "invalid_request_error",
+            "uri_too_long",
+            format!("The request target is {got} bytes; at most {max} (router.request_limits.max_uri_bytes)"),
+        )
+    }
+
+    pub fn header_too_large(got: usize, max: usize) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            "header_too_large",
+            format!("The request head is {got} bytes; at most {max} (router.request_limits.max_header_bytes)"),
+        )
+    }
+
+    pub fn not_implemented(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "invalid_request_error",
+            "not_implemented",
+            message.into(),
+        )
+    }
+
+    pub fn expectation_failed(expect: &str) -> Self {
+        Self::new(
+            StatusCode::EXPECTATION_FAILED,
+            "invalid_request_error",
+            "expectation_failed",
+            format!(
+                "Expect: `{}` is not supported (only 100-continue)",
+                clip(expect)
+            ),
+        )
+    }
+
+    /// The client took too long to send its request (408; the connection is closed).
+    pub fn request_timeout(what: &str, limit: std::time::Duration, key: &str) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!("The request {what} did not arrive within {limit:?} (router.timeouts.{key})"),
+        )
+    }
+
     pub fn body(&self) -> Bytes {
         Bytes::from(
             json!({
@@ -210,5 +297,23 @@ mod tests {
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["param"], "model");
         assert!(v["error"]["message"].as_str().unwrap().contains("a, b"));
+    }
+
+    #[test]
+    fn echoes_are_clipped_and_bodies_stay_small() {
+        let long = "m".repeat(10_000);
+        let names: Vec<String> = (0..1000).map(|i| format!("model-number-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let e = ApiError::model_not_found(&long, &names);
+        assert!(e.body().len() < 4096, "{}", e.body().len());
+        assert!(
+            e.message.contains("and ") && e.message.contains(" more"),
+            "{}",
+            e.message
+        );
+        assert!(ApiError::path_not_found(&long).body().len() < 1024);
+        assert_eq!(clip("short"), "short");
+        let cut = clip(&"é".repeat(200));
+        assert!(cut.len() < 300 && cut.ends_with("(400 bytes)"), "{cut}");
     }
 }

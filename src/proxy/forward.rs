@@ -440,6 +440,11 @@ fn is_timeout(e: &Error) -> bool {
 fn upstream_header(client: &RequestHeader, body_len: usize) -> Result<RequestHeader, ApiError> {
     let mut h = client.clone();
     h.set_version(http::Version::HTTP_11);
+    // An absolute-form target (`POST http://host/v1/...`) goes on as origin-form: Pingora
+    // keeps the whole target for the wire and only the path in the URI.
+    if !client.raw_path().starts_with(b"/") {
+        h.set_uri(client.uri.clone());
+    }
     for name in connection_listed(&client.headers) {
         h.remove_header(&name);
     }

@@ -7,6 +7,8 @@ pub mod body;
 pub mod drain;
 pub mod error;
 pub mod forward;
+pub mod guard;
+pub mod head;
 pub mod linger;
 mod routes;
 
@@ -24,7 +26,7 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::balance::{Model, Registry};
-use crate::config::{AffinityKey, Config, ModelKind, Policy};
+use crate::config::{AffinityKey, ClientTimeouts, Config, ModelKind, Policy, RequestLimits};
 use crate::telemetry::access::{now_rfc3339, AccessLog, AccessRecord};
 use crate::telemetry::metrics;
 use error::ApiError;
@@ -45,6 +47,10 @@ pub struct Router {
     access_log: AccessLog,
     /// `/metrics` and `/v1/router/instances` are served by the admin listener only.
     admin_only: bool,
+    timeouts: ClientTimeouts,
+    request_limits: RequestLimits,
+    /// Open client connections (the guard's caps and head deadline).
+    connections: Arc<guard::Connections>,
     /// Seeds generated request ids.
     id_counter: std::sync::atomic::AtomicU64,
 }
@@ -62,6 +68,8 @@ pub struct RequestCtx {
     /// Counted as in flight (for the early exit of a draining process) until the context
     /// is dropped, after the access log line.
     _active: Option<drain::ActiveRequest>,
+    /// This request's mark on its connection (the head deadline does not apply meanwhile).
+    _on_connection: Option<guard::OnConnection>,
 }
 
 impl Router {
@@ -80,6 +88,9 @@ impl Router {
                 config.router.access_log_file.clone(),
             ),
             admin_only: config.router.admin_listen.is_some(),
+            timeouts: config.router.timeouts,
+            request_limits: config.router.request_limits,
+            connections: guard::Connections::new(config.router.connections, config.router.timeouts),
             id_counter: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -89,12 +100,24 @@ impl Router {
         self.access_log.check()
     }
 
+    /// The open-connection table, for the listener's [`guard::ConnGuard`].
+    pub fn connections(&self) -> Arc<guard::Connections> {
+        self.connections.clone()
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
         let h = session.req_header();
+        head::check(
+            &h.method,
+            h.raw_path(),
+            h.version,
+            &h.headers,
+            &self.request_limits,
+        )?;
         let route = routes::route(h.method.as_str(), h.uri.path())?;
         match route {
             Route::Health => {
@@ -149,7 +172,7 @@ impl Router {
         ctx: &mut RequestCtx,
         endpoint: routes::Endpoint,
     ) -> Result<(), ApiError> {
-        let body = read_body(session, self.max_body_bytes).await?;
+        let body = read_body(session, self.max_body_bytes, &self.timeouts).await?;
         let info = match body::inspect(&body) {
             // text-embeddings-inference's `/rerank` names no model: the first reranker.
             Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
@@ -259,8 +282,27 @@ fn kind_article(k: ModelKind) -> &'static str {
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes (early when the client
-/// announces its length).
-async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError> {
+/// announces its length), within `body_read_s` in all and `body_idle_s` per read (408).
+async fn read_body(
+    session: &mut Session,
+    limit: u64,
+    t: &ClientTimeouts,
+) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(t.body_read, read_body_within(session, limit, t)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::request_timeout(
+            "body",
+            t.body_read,
+            "body_read_s",
+        )),
+    }
+}
+
+async fn read_body_within(
+    session: &mut Session,
+    limit: u64,
+    t: &ClientTimeouts,
+) -> Result<Bytes, ApiError> {
     let announced = session
         .req_header()
         .headers
@@ -283,7 +325,8 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError>
             .await
             .map_err(|e| ApiError::bad_request("invalid_body", format!("client gone: {e}")))?;
     }
-    let mut buf = BytesMut::with_capacity(announced.unwrap_or(0) as usize);
+    // Never allocate on the client's word: at most 64 KiB up front, then as bytes come.
+    let mut buf = BytesMut::with_capacity(announced.unwrap_or(0).min(64 * 1024) as usize);
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
@@ -293,6 +336,13 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError>
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(buf.freeze()),
+            Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                return Err(ApiError::request_timeout(
+                    "body",
+                    t.body_idle,
+                    "body_idle_s (no byte for that long)",
+                ))
+            }
             Err(e) => {
                 return Err(ApiError::bad_request(
                     "invalid_body",
@@ -351,6 +401,27 @@ impl ProxyHttp for Router {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
+    }
+
+    /// Per-request settings of the client connection, before anything is read: the idle
+    /// limit between requests (the client's own `Keep-Alive` does not extend it), the
+    /// longest silence within a body and the longest stall of a write.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let t = &self.timeouts;
+        session.set_keepalive(Some(t.keepalive_idle.as_secs_f64().ceil().max(1.0) as u64));
+        session
+            .downstream_session
+            .set_read_timeout(Some(t.body_idle));
+        session
+            .downstream_session
+            .set_write_timeout(Some(t.write_idle));
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        ctx._on_connection = self.connections.begin(peer);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

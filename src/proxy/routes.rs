@@ -57,13 +57,10 @@ pub enum Route {
 }
 
 /// Maps method + path to a route: 404 for unknown paths, 405 for a known path with the
-/// wrong method. A trailing slash is tolerated.
+/// wrong method. Paths match exactly: no normalisation (`//v1/models`, `/a/../metrics`,
+/// `%2e%2e` and a trailing slash are other paths), so no route is reached by a detour.
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let p = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
+    let p = path;
     let (route, allow) = match p {
         "/health" => (Route::Health, "GET, HEAD"),
         "/v1/models" => (Route::Models, "GET, HEAD"),
@@ -97,7 +94,15 @@ mod tests {
     #[test]
     fn table() {
         assert_eq!(route("GET", "/health").unwrap(), Route::Health);
-        assert_eq!(route("GET", "/v1/models/").unwrap(), Route::Models);
+        // Exact paths only.
+        for detour in [
+            "/v1/models/",
+            "//v1/models",
+            "/v1/chat/completions/../../metrics",
+            "/v1/%2e%2e/metrics",
+        ] {
+            assert_eq!(route("GET", detour).unwrap_err().status, 404, "{detour}");
+        }
         assert_eq!(
             route("GET", "/v1/models/Qwen/Qwen3-0.6B").unwrap(),
             Route::Model("Qwen/Qwen3-0.6B".into())

@@ -93,6 +93,32 @@ pub static ENGINE_RESTARTS: LazyLock<CounterVec> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+pub static CONNECTIONS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "llm_router_connections",
+        "Client connections open on the main port"
+    )
+    .expect("registers once")
+});
+
+pub static CONNECTIONS_REFUSED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "llm_router_connections_refused_total",
+        "Client connections closed at accept (router.connections caps)",
+        &["reason"]
+    )
+    .expect("registers once")
+});
+
+pub static CONNECTIONS_CLOSED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "llm_router_connections_timed_out_total",
+        "Client connections closed for waiting too long for a request head",
+        &["reason"]
+    )
+    .expect("registers once")
+});
+
 pub static ACCESS_LOG_DROPPED: LazyLock<prometheus::Counter> = LazyLock::new(|| {
     prometheus::register_counter!(
         "llm_router_access_log_dropped_total",
@@ -140,6 +166,7 @@ pub fn render(registry: &Registry) -> Vec<u8> {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&ENGINE_RESTARTS);
     LazyLock::force(&ACCESS_LOG_DROPPED);
+    LazyLock::force(&CONNECTIONS);
     gather()
 }
 
