@@ -51,6 +51,9 @@ pub struct RouterOptions {
     pub pool_idle_timeout: Duration,
     /// Largest accepted request body. Default 32 MiB.
     pub max_body_bytes: u64,
+    /// Request bodies held at once across all requests (503 beyond, after a wait of at
+    /// most 1 s). Default 512 MiB.
+    pub max_buffered_body_bytes: u64,
     /// Instances tried per request before giving up (connect failures only). Default:
     /// every instance of the model.
     pub max_attempts: Option<usize>,
@@ -160,6 +163,7 @@ impl Default for RouterOptions {
             read_idle_timeout: Duration::from_secs(600),
             pool_idle_timeout: Duration::from_secs(4),
             max_body_bytes: 32 * 1024 * 1024,
+            max_buffered_body_bytes: 512 * 1024 * 1024,
             max_attempts: None,
             retry_after_s: 1,
             access_log: Default::default(),

@@ -177,6 +177,7 @@ pub struct RawRouter {
     pub read_idle_timeout_s: Option<f64>,
     pub pool_idle_timeout_s: Option<f64>,
     pub max_body_bytes: Option<u64>,
+    pub max_buffered_body_bytes: Option<u64>,
     pub max_attempts: Option<usize>,
     pub retry_after_s: Option<u64>,
     pub access_log: Option<crate::telemetry::access::AccessLogFormat>,

@@ -512,6 +512,17 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
     if r.max_body_bytes == Some(0) {
         c.err("router.max_body_bytes", "must be at least 1");
     }
+    let (body, buffered) = (
+        r.max_body_bytes.unwrap_or(d.max_body_bytes),
+        r.max_buffered_body_bytes
+            .unwrap_or(d.max_buffered_body_bytes),
+    );
+    if buffered < body {
+        c.err(
+            "router.max_buffered_body_bytes",
+            format!("{buffered} is below router.max_body_bytes ({body}): the largest body would never fit"),
+        );
+    }
     RouterOptions {
         listen,
         threads: r.threads.unwrap_or(d.threads).max(1),
@@ -536,6 +547,9 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
             d.pool_idle_timeout,
         ),
         max_body_bytes: r.max_body_bytes.unwrap_or(d.max_body_bytes),
+        max_buffered_body_bytes: r
+            .max_buffered_body_bytes
+            .unwrap_or(d.max_buffered_body_bytes),
         max_attempts: r.max_attempts,
         retry_after_s: r.retry_after_s.unwrap_or(d.retry_after_s),
         access_log: r.access_log.unwrap_or(d.access_log),

@@ -150,6 +150,18 @@ impl ApiError {
         e
     }
 
+    /// The host (not the client) is at its limit: retry shortly.
+    pub fn server_overloaded(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "server_overloaded",
+            message.into(),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -4,6 +4,7 @@
 //! drives upstream exchanges itself); Pingora's own upstream phase is never reached.
 
 pub mod body;
+pub mod budget;
 pub mod drain;
 pub mod error;
 pub mod forward;
@@ -51,6 +52,8 @@ pub struct Router {
     request_limits: RequestLimits,
     /// Open client connections (the guard's caps and head deadline).
     connections: Arc<guard::Connections>,
+    /// Request bodies held at once.
+    bodies: budget::BodyBudget,
     /// Seeds generated request ids.
     id_counter: std::sync::atomic::AtomicU64,
 }
@@ -70,6 +73,8 @@ pub struct RequestCtx {
     _active: Option<drain::ActiveRequest>,
     /// This request's mark on its connection (the head deadline does not apply meanwhile).
     _on_connection: Option<guard::OnConnection>,
+    /// Room reserved for the request body, given back with the context.
+    _body_room: budget::Reserved,
 }
 
 impl Router {
@@ -90,6 +95,10 @@ impl Router {
             admin_only: config.router.admin_listen.is_some(),
             timeouts: config.router.timeouts,
             request_limits: config.router.request_limits,
+            bodies: budget::BodyBudget::new(
+                config.router.max_buffered_body_bytes,
+                config.router.retry_after_s,
+            ),
             connections: guard::Connections::new(config.router.connections, config.router.timeouts),
             id_counter: std::sync::atomic::AtomicU64::new(0),
         })
@@ -172,7 +181,7 @@ impl Router {
         ctx: &mut RequestCtx,
         endpoint: routes::Endpoint,
     ) -> Result<(), ApiError> {
-        let body = read_body(session, self.max_body_bytes, &self.timeouts).await?;
+        let body = self.read_body(session, &mut ctx._body_room).await?;
         let info = match body::inspect(&body) {
             // text-embeddings-inference's `/rerank` names no model: the first reranker.
             Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
@@ -281,75 +290,157 @@ fn kind_article(k: ModelKind) -> &'static str {
     }
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes (early when the client
-/// announces its length), within `body_read_s` in all and `body_idle_s` per read (408).
-async fn read_body(
-    session: &mut Session,
-    limit: u64,
-    t: &ClientTimeouts,
-) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout(t.body_read, read_body_within(session, limit, t)).await {
-        Ok(r) => r,
-        Err(_) => Err(ApiError::request_timeout(
-            "body",
-            t.body_read,
-            "body_read_s",
-        )),
+impl Router {
+    /// Reads the whole request body, refusing more than `max_body_bytes` (before reading,
+    /// when the client announces its length), within `body_read_s` in all and
+    /// `body_idle_s` per read (408), and only with room in the body budget (503).
+    async fn read_body(
+        &self,
+        session: &mut Session,
+        room: &mut budget::Reserved,
+    ) -> Result<Bytes, ApiError> {
+        let limit = self.max_body_bytes;
+        let announced = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit) {
+            return Err(ApiError::too_large(limit));
+        }
+        let deadline = Instant::now() + budget::WAIT;
+        self.bodies
+            .reserve(room, announced.unwrap_or(0), deadline)
+            .await?;
+        let t = &self.timeouts;
+        let body = BodyRead {
+            limit,
+            idle: t.body_idle,
+            announced,
+            bodies: &self.bodies,
+            deadline,
+        };
+        match tokio::time::timeout(t.body_read, body.read(session, room)).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::request_timeout(
+                "body",
+                t.body_read,
+                "body_read_s",
+            )),
+        }
     }
 }
 
-async fn read_body_within(
-    session: &mut Session,
+/// One body being read: its limits and where its room comes from.
+struct BodyRead<'a> {
     limit: u64,
-    t: &ClientTimeouts,
-) -> Result<Bytes, ApiError> {
-    let announced = session
-        .req_header()
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit) {
-        return Err(ApiError::too_large(limit));
-    }
-    // curl and others wait (1 s) for a 100 Continue before sending a body; the engine
-    // never sees `Expect` (we hold the whole body before choosing it).
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|e| ApiError::bad_request("invalid_body", format!("client gone: {e}")))?;
-    }
-    // Never allocate on the client's word: at most 64 KiB up front, then as bytes come.
-    let mut buf = BytesMut::with_capacity(announced.unwrap_or(0).min(64 * 1024) as usize);
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if (buf.len() + chunk.len()) as u64 > limit {
-                    return Err(ApiError::too_large(limit));
+    idle: std::time::Duration,
+    /// The `Content-Length`; without one, each chunk reserves its room as it arrives.
+    announced: Option<u64>,
+    bodies: &'a budget::BodyBudget,
+    deadline: Instant,
+}
+
+impl BodyRead<'_> {
+    async fn read(
+        &self,
+        session: &mut Session,
+        room: &mut budget::Reserved,
+    ) -> Result<Bytes, ApiError> {
+        let limit = self.limit;
+        // curl and others wait (1 s) for a 100 Continue before sending a body; the engine
+        // never sees `Expect` (we hold the whole body before choosing it).
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session
+                .write_continue_response()
+                .await
+                .map_err(|e| ApiError::bad_request("invalid_body", format!("client gone: {e}")))?;
+        }
+        let mut chunks = Chunks::default();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if (chunks.len + chunk.len()) as u64 > limit {
+                        return Err(ApiError::too_large(limit));
+                    }
+                    if self.announced.is_none() {
+                        self.bodies
+                            .reserve(room, chunk.len() as u64, self.deadline)
+                            .await?;
+                    }
+                    chunks.push(chunk);
                 }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Err(e) if e.etype() == &ErrorType::ReadTimedout => {
-                return Err(ApiError::request_timeout(
-                    "body",
-                    t.body_idle,
-                    "body_idle_s (no byte for that long)",
-                ))
-            }
-            Err(e) => {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
-                    format!("Could not read the request body: {e}"),
-                ))
+                Ok(None) => return Ok(chunks.join()),
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                    return Err(ApiError::request_timeout(
+                        "body",
+                        self.idle,
+                        "body_idle_s (no byte for that long)",
+                    ))
+                }
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_body",
+                        format!("Could not read the request body: {e}"),
+                    ))
+                }
             }
         }
+    }
+}
+
+/// A body as it arrives: the reads as they came (small reads of a trickling client are
+/// gathered into 64 KiB pieces rather than one allocation each), joined once at the end
+/// into a buffer of exactly their size. Nothing is allocated on the client's word.
+#[derive(Default)]
+struct Chunks {
+    done: Vec<Bytes>,
+    pending: BytesMut,
+    len: usize,
+}
+
+impl Chunks {
+    const SMALL: usize = 16 * 1024;
+    const PIECE: usize = 64 * 1024;
+
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        if chunk.len() >= Self::SMALL {
+            self.flush();
+            self.done.push(chunk);
+            return;
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(Self::PIECE);
+        }
+        self.pending.extend_from_slice(&chunk);
+        if self.pending.len() >= Self::PIECE {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            self.done.push(std::mem::take(&mut self.pending).freeze());
+        }
+    }
+
+    fn join(mut self) -> Bytes {
+        self.flush();
+        if self.done.len() == 1 {
+            return self.done.pop().unwrap_or_default();
+        }
+        let mut buf = BytesMut::with_capacity(self.len);
+        for c in self.done {
+            buf.extend_from_slice(&c);
+        }
+        buf.freeze()
     }
 }
 
