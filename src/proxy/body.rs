@@ -160,18 +160,39 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
     })
 }
 
-/// `body` with the `model` value replaced by `new_model`; no copy when it is unchanged.
-pub fn rewrite_model(body: &Bytes, info: &RequestInfo, new_model: &str) -> Bytes {
+/// `body` with the `model` value replaced by `new_model`. A large body comes back as
+/// pieces that share the client's buffer (the bytes before the value, the new value, the
+/// bytes after it), so a 30 MiB body is never held twice; a small one as one buffer.
+pub fn splice_model(body: &Bytes, info: &RequestInfo, new_model: &str) -> Vec<Bytes> {
     if info.model == new_model {
-        return body.clone();
+        return vec![body.clone()];
     }
-    // serde_json's string escaping cannot fail for a &str.
     let quoted = serde_json::to_string(new_model).unwrap_or_default();
     let (start, end) = info.model_span;
-    let mut out = BytesMut::with_capacity(body.len() - (end - start) + quoted.len());
-    out.extend_from_slice(&body[..start]);
-    out.extend_from_slice(quoted.as_bytes());
-    out.extend_from_slice(&body[end..]);
+    if body.len() <= SPLICE_ABOVE {
+        // Small: one buffer, one write to the engine.
+        let mut out = BytesMut::with_capacity(body.len() - (end - start) + quoted.len());
+        out.extend_from_slice(&body[..start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&body[end..]);
+        return vec![out.freeze()];
+    }
+    vec![body.slice(..start), Bytes::from(quoted), body.slice(end..)]
+}
+
+/// Bodies larger than this are forwarded as pieces of the client's buffer, not copied.
+const SPLICE_ABOVE: usize = 64 * 1024;
+
+/// [`splice_model`]'s pieces as one buffer (tests, and callers that need it whole).
+pub fn rewrite_model(body: &Bytes, info: &RequestInfo, new_model: &str) -> Bytes {
+    let parts = splice_model(body, info, new_model);
+    if parts.len() == 1 {
+        return parts[0].clone();
+    }
+    let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
     out.freeze()
 }
 

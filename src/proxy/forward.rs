@@ -137,11 +137,12 @@ impl Forwarder {
         &self,
         session: &mut Session,
         model: &Model,
-        body: Bytes,
+        body: Vec<Bytes>,
         affinity_key: &[u8],
         out: &mut Outcome,
     ) -> Result<(), ApiError> {
-        let header = upstream_header(session.req_header(), body.len())?;
+        let len = body.iter().map(Bytes::len).sum();
+        let header = upstream_header(session.req_header(), len)?;
         let n = model.instances.len();
         let max_attempts = self.opts.max_attempts.unwrap_or(n).min(n);
         let mut tried = Vec::with_capacity(2);
@@ -221,7 +222,7 @@ impl Forwarder {
         session: &mut Session,
         guard: &InFlightGuard,
         header: &RequestHeader,
-        body: &Bytes,
+        body: &[Bytes],
     ) -> Result<HttpSession, AttemptError> {
         let inst = guard.instance();
         let (mut up, reused) = self
@@ -234,7 +235,12 @@ impl Forwarder {
         let _ = h.insert_header(header::HOST, &inst.authority);
         let sent = async {
             up.write_request_header(Box::new(h)).await?;
-            up.write_request_body(body.clone(), true).await?;
+            // The pieces of the body (the client's bytes around a spliced `model`): shared,
+            // never copied, so a replay to the next instance is free.
+            for (i, part) in body.iter().enumerate() {
+                up.write_request_body(part.clone(), i + 1 == body.len())
+                    .await?;
+            }
             up.finish_request_body().await
         }
         .await;

@@ -191,7 +191,7 @@ impl Router {
                 ctx.model = Some(m.name.clone());
                 return self
                     .forwarder
-                    .forward(session, m, body, b"", &mut ctx.outcome)
+                    .forward(session, m, vec![body], b"", &mut ctx.outcome)
                     .await;
             }
             r => r?,
@@ -214,7 +214,7 @@ impl Router {
             .with_param("model"));
         }
         let key = affinity_key(session, model, &info);
-        let body = body::rewrite_model(&body, &info, &model.served_name);
+        let body = body::splice_model(&body, &info, &model.served_name);
         self.forwarder
             .forward(session, model, body, key.as_bytes(), &mut ctx.outcome)
             .await
@@ -362,7 +362,7 @@ impl BodyRead<'_> {
                 .await
                 .map_err(|e| ApiError::bad_request("invalid_body", format!("client gone: {e}")))?;
         }
-        let mut chunks = Chunks::default();
+        let mut chunks = Chunks::new(self.announced);
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
@@ -398,19 +398,46 @@ impl BodyRead<'_> {
 /// A body as it arrives: the reads as they came (small reads of a trickling client are
 /// gathered into 64 KiB pieces rather than one allocation each), joined once at the end
 /// into a buffer of exactly their size. Nothing is allocated on the client's word.
+/// Once a client with a `Content-Length` has actually sent [`Chunks::PROVEN`] bytes (and
+/// the budget holds room for all of it), the rest goes straight into one buffer of the
+/// announced size, so a large body is never held twice.
 #[derive(Default)]
 struct Chunks {
     done: Vec<Bytes>,
     pending: BytesMut,
     len: usize,
+    announced: Option<u64>,
+    whole: Option<BytesMut>,
 }
 
 impl Chunks {
     const SMALL: usize = 16 * 1024;
     const PIECE: usize = 64 * 1024;
+    const PROVEN: usize = 1024 * 1024;
+
+    fn new(announced: Option<u64>) -> Self {
+        Chunks {
+            announced,
+            ..Default::default()
+        }
+    }
 
     fn push(&mut self, chunk: Bytes) {
         self.len += chunk.len();
+        if let Some(w) = &mut self.whole {
+            w.extend_from_slice(&chunk);
+            return;
+        }
+        if let Some(n) = self.announced.filter(|_| self.len >= Self::PROVEN) {
+            self.flush();
+            let mut w = BytesMut::with_capacity((n as usize).max(self.len));
+            for c in self.done.drain(..) {
+                w.extend_from_slice(&c);
+            }
+            w.extend_from_slice(&chunk);
+            self.whole = Some(w);
+            return;
+        }
         if chunk.len() >= Self::SMALL {
             self.flush();
             self.done.push(chunk);
@@ -432,6 +459,9 @@ impl Chunks {
     }
 
     fn join(mut self) -> Bytes {
+        if let Some(w) = self.whole {
+            return w.freeze();
+        }
         self.flush();
         if self.done.len() == 1 {
             return self.done.pop().unwrap_or_default();
