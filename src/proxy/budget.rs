@@ -5,7 +5,9 @@
 //! reserves its `Content-Length` when its head arrives (a chunked body reserves each chunk
 //! as it comes), before a byte of the body is read; when the budget is spent it waits, first
 //! come first served, at most [`WAIT`] in all, and then gets 503 `server_overloaded`. The
-//! reservation is held until the request's context is dropped.
+//! reservation is held until the request's context is dropped. Bodies of at most
+//! [`SMALL_BODY`] (the everyday request) take no part, so they never queue behind large
+//! uploads; their memory is bounded by the connection caps (`router.connections`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
+
+/// Bodies announced at most this large do not take part (see `Router::read_body`).
+pub const SMALL_BODY: u64 = 64 * 1024;
 
 /// The longest a request waits for room for its body.
 pub const WAIT: Duration = Duration::from_secs(1);

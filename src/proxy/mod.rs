@@ -310,9 +310,13 @@ impl Router {
             return Err(ApiError::too_large(limit));
         }
         let deadline = Instant::now() + budget::WAIT;
-        self.bodies
-            .reserve(room, announced.unwrap_or(0), deadline)
-            .await?;
+        // Small bodies (the everyday chat request) are not queued behind large uploads:
+        // their memory is bounded by the connection caps.
+        if announced.is_some_and(|n| n > budget::SMALL_BODY) {
+            self.bodies
+                .reserve(room, announced.unwrap_or(0), deadline)
+                .await?;
+        }
         let t = &self.timeouts;
         let body = BodyRead {
             limit,
@@ -370,9 +374,17 @@ impl BodyRead<'_> {
                         return Err(ApiError::too_large(limit));
                     }
                     if self.announced.is_none() {
-                        self.bodies
-                            .reserve(room, chunk.len() as u64, self.deadline)
-                            .await?;
+                        // Chunked: counted once past the small-body size, then per chunk.
+                        let (before, after) =
+                            (chunks.len as u64, (chunks.len + chunk.len()) as u64);
+                        if after > budget::SMALL_BODY {
+                            let owed = if before > budget::SMALL_BODY {
+                                after - before
+                            } else {
+                                after
+                            };
+                            self.bodies.reserve(room, owed, self.deadline).await?;
+                        }
                     }
                     chunks.push(chunk);
                 }
