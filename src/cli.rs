@@ -82,7 +82,6 @@ fn load(path: &Path) -> Option<Config> {
 }
 
 pub fn main() -> i32 {
-    crate::lifecycle::started_at();
     // SIGHUP's default action kills; until the handler that reopens the logs is up (a
     // service, after the daemon fork), it is ignored. Engines get the default back.
     // SAFETY: setting a signal disposition to SIG_IGN, before any other thread exists.

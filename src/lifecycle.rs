@@ -16,7 +16,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
-use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -42,12 +41,6 @@ fn commit_channel() -> &'static watch::Sender<bool> {
 fn failure_channel() -> &'static watch::Sender<Option<Failure>> {
     static C: OnceLock<watch::Sender<Option<Failure>>> = OnceLock::new();
     C.get_or_init(|| watch::Sender::new(None))
-}
-
-/// When this process started (for [`since_start`]).
-pub fn started_at() -> Instant {
-    static T: OnceLock<Instant> = OnceLock::new();
-    *T.get_or_init(Instant::now)
 }
 
 /// Marks the process as the one in charge: the old router has been told to leave (or
@@ -108,7 +101,6 @@ static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
 pub fn at_exit(hook: impl Fn() + Send + Sync + 'static) {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
-        started_at();
         // SAFETY: registering a plain extern "C" fn with the C runtime.
         unsafe {
             nix::libc::atexit(run_hooks);

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{bin, dead_port, fake_engine, pid_alive, starts, wait_for};
 use nix::sys::signal::{kill, Signal};
@@ -55,15 +55,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let pid = self.pid();
-        if pid > 0 && pid_alive(pid) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-            let t0 = Instant::now();
-            while pid_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+        common::stop_daemon(self.pid());
         for r in starts(&self.conf().join("record.jsonl")) {
             let e = r["pid"].as_i64().unwrap_or(0) as i32;
             if e > 0 && pid_alive(e) {

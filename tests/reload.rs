@@ -195,14 +195,7 @@ impl Drop for Service {
     /// SIGINT to the running router (it exits at once and stops its engines), then any
     /// engine still running is killed by its pid.
     fn drop(&mut self) {
-        let pid = self.main_pid();
-        if pid > 0 && pid_alive(pid) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-            let t0 = Instant::now();
-            while pid_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        common::stop_daemon(self.main_pid());
         for p in self.engines {
             for e in self.engine_starts(p) {
                 if pid_alive(e) {

@@ -471,30 +471,8 @@ fn check_tensor_parallel(
 
 fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
     let d = RouterOptions::default();
-    let mut address = |key: &str, value: Option<String>| {
-        value.and_then(|s| match s.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                c.err(
-                    key,
-                    format!("`{s}` is not an ADDRESS:PORT such as 0.0.0.0:8947"),
-                );
-                None
-            }
-        })
-    };
-    let listen = address("router.listen", r.listen).unwrap_or(d.listen);
-    let admin_listen = address("router.admin_listen", r.admin_listen);
-    if admin_listen.is_some_and(|a| a.port() == listen.port()) {
-        c.err(
-            "router.admin_listen",
-            format!(
-                "port {} is already the main listener's (router.listen)",
-                listen.port()
-            ),
-        );
-    }
-    let log_level = r.log_level.unwrap_or(d.log_level);
+    let (listen, admin_listen) = router_listeners(c, &r, d.listen);
+    let log_level = r.log_level.clone().unwrap_or_else(|| d.log_level.clone());
     if let Err(e) = crate::telemetry::valid_log_level(&log_level) {
         c.err(
             "router.log_level",
@@ -503,29 +481,14 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
             ),
         );
     }
-    if r.threads == Some(0) {
-        c.err("router.threads", "must be at least 1");
-    }
+    let threads = at_least_one(c, "router.threads", r.threads, d.threads);
     if r.max_attempts == Some(0) {
         c.err("router.max_attempts", "must be at least 1");
     }
-    if r.max_body_bytes == Some(0) {
-        c.err("router.max_body_bytes", "must be at least 1");
-    }
-    let (body, buffered) = (
-        r.max_body_bytes.unwrap_or(d.max_body_bytes),
-        r.max_buffered_body_bytes
-            .unwrap_or(d.max_buffered_body_bytes),
-    );
-    if buffered < body {
-        c.err(
-            "router.max_buffered_body_bytes",
-            format!("{buffered} is below router.max_body_bytes ({body}): the largest body would never fit"),
-        );
-    }
+    let (max_body_bytes, max_buffered_body_bytes) = router_body_limits(c, &r, &d);
     RouterOptions {
         listen,
-        threads: r.threads.unwrap_or(d.threads).max(1),
+        threads,
         connect_timeout: c.secs(
             "router.connect_timeout_s",
             r.connect_timeout_s,
@@ -546,10 +509,8 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
             r.pool_idle_timeout_s,
             d.pool_idle_timeout,
         ),
-        max_body_bytes: r.max_body_bytes.unwrap_or(d.max_body_bytes),
-        max_buffered_body_bytes: r
-            .max_buffered_body_bytes
-            .unwrap_or(d.max_buffered_body_bytes),
+        max_body_bytes,
+        max_buffered_body_bytes,
         max_attempts: r.max_attempts,
         retry_after_s: r.retry_after_s.unwrap_or(d.retry_after_s),
         access_log: r.access_log.unwrap_or(d.access_log),
@@ -560,6 +521,56 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
         request_limits: resolve_request_limits(c, &r.request_limits),
         connections: resolve_connections(c, &r.connections),
     }
+}
+
+/// `router.listen` and `router.admin_listen`, which must differ in port.
+fn router_listeners(
+    c: &mut Checker<'_>,
+    r: &RawRouter,
+    default: SocketAddr,
+) -> (SocketAddr, Option<SocketAddr>) {
+    let mut address = |key: &str, value: &Option<String>| {
+        value.as_ref().and_then(|s| match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.err(
+                    key,
+                    format!("`{s}` is not an ADDRESS:PORT such as 0.0.0.0:8947"),
+                );
+                None
+            }
+        })
+    };
+    let listen = address("router.listen", &r.listen).unwrap_or(default);
+    let admin_listen = address("router.admin_listen", &r.admin_listen);
+    if admin_listen.is_some_and(|a| a.port() == listen.port()) {
+        c.err(
+            "router.admin_listen",
+            format!(
+                "port {} is already the main listener's (router.listen)",
+                listen.port()
+            ),
+        );
+    }
+    (listen, admin_listen)
+}
+
+/// `max_body_bytes` (at least 1) and `max_buffered_body_bytes` (room for the largest body).
+fn router_body_limits(c: &mut Checker<'_>, r: &RawRouter, d: &RouterOptions) -> (u64, u64) {
+    if r.max_body_bytes == Some(0) {
+        c.err("router.max_body_bytes", "must be at least 1");
+    }
+    let body = r.max_body_bytes.unwrap_or(d.max_body_bytes);
+    let buffered = r
+        .max_buffered_body_bytes
+        .unwrap_or(d.max_buffered_body_bytes);
+    if buffered < body {
+        c.err(
+            "router.max_buffered_body_bytes",
+            format!("{buffered} is below router.max_body_bytes ({body}): the largest body would never fit"),
+        );
+    }
+    (body, buffered)
 }
 
 fn resolve_timeouts(c: &mut Checker<'_>, t: &super::raw::RawTimeouts) -> super::ClientTimeouts {

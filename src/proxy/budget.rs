@@ -83,6 +83,27 @@ impl BodyBudget {
         }
     }
 
+    /// Charges a body that has grown from `before` to `after` bytes (a `Content-Length`
+    /// counts as the whole body at once): nothing while it is small, then everything so
+    /// far, then each further byte.
+    pub async fn charge(
+        &self,
+        held: &mut Reserved,
+        before: u64,
+        after: u64,
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        if after <= SMALL_BODY {
+            return Ok(());
+        }
+        let owed = if before > SMALL_BODY {
+            after - before
+        } else {
+            after
+        };
+        self.reserve(held, owed, deadline).await
+    }
+
     /// Bytes not reserved right now.
     pub fn available_bytes(&self) -> u64 {
         self.room.available_permits() as u64 * UNIT

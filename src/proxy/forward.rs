@@ -153,24 +153,14 @@ impl Forwarder {
             };
             tried.push(inst.index);
             let guard = inst.acquire();
-            let mut result = self.attempt(session, &guard, &header, &body).await;
-            for _ in 0..STALE_RETRIES {
-                let Err(AttemptError::Stale(why)) = &result else {
-                    break;
-                };
-                debug!(instance = %inst.id, reason = %why, "pooled connection was closed by the engine; retrying on another");
-                result = self.attempt(session, &guard, &header, &body).await;
-            }
-            if let Err(AttemptError::Stale(why)) = result {
-                result = Err(AttemptError::Retry(why));
-            }
-            match result {
+            match self.attempt_instance(session, &guard, &header, &body).await {
                 Ok(up) => {
                     out.instance = Some(inst.id.clone());
                     out.ttfb = Some(started.elapsed());
                     return self.relay(session, up, guard, out, started).await;
                 }
-                Err(AttemptError::Retry(why)) => {
+                // Still stale after the retries: the instance counts as unreachable.
+                Err(AttemptError::Retry(why) | AttemptError::Stale(why)) => {
                     warn!(model = %model.name, instance = %inst.id, url = %inst.url, reason = %why,
                         "upstream attempt failed before the engine answered; failing over");
                     inst.record_failure(&why);
@@ -196,7 +186,6 @@ impl Forwarder {
                     out.client_gone = true;
                     return Ok(());
                 }
-                Err(AttemptError::Stale(_)) => unreachable!("turned into Retry above"),
             }
         }
         // Instance ids only: the reasons name internal addresses (they are logged).
@@ -214,6 +203,27 @@ impl Forwarder {
             ),
             self.opts.retry_after_s,
         ))
+    }
+
+    /// Tries one instance: a pooled connection the engine had closed is replaced by the
+    /// next one (then a new one), up to [`STALE_RETRIES`] times.
+    async fn attempt_instance(
+        &self,
+        session: &mut Session,
+        guard: &InFlightGuard,
+        header: &RequestHeader,
+        body: &[Bytes],
+    ) -> Result<HttpSession, AttemptError> {
+        let mut result = self.attempt(session, guard, header, body).await;
+        for _ in 0..STALE_RETRIES {
+            let Err(AttemptError::Stale(why)) = &result else {
+                break;
+            };
+            debug!(instance = %guard.instance().id, reason = %why,
+                "pooled connection was closed by the engine; retrying on another");
+            result = self.attempt(session, guard, header, body).await;
+        }
+        result
     }
 
     /// One try on one instance, up to and including the response header.

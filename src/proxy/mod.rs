@@ -11,13 +11,14 @@ pub mod forward;
 pub mod guard;
 pub mod head;
 pub mod linger;
+mod request_body;
 mod routes;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
@@ -181,7 +182,14 @@ impl Router {
         ctx: &mut RequestCtx,
         endpoint: routes::Endpoint,
     ) -> Result<(), ApiError> {
-        let body = self.read_body(session, &mut ctx._body_room).await?;
+        let body = request_body::read(
+            session,
+            self.max_body_bytes,
+            &self.timeouts,
+            &self.bodies,
+            &mut ctx._body_room,
+        )
+        .await?;
         let info = match body::inspect(&body) {
             // text-embeddings-inference's `/rerank` names no model: the first reranker.
             Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
@@ -287,202 +295,6 @@ fn kind_article(k: ModelKind) -> &'static str {
         ModelKind::Llm => "a language",
         ModelKind::Embedding => "an embedding",
         ModelKind::Rerank => "a reranking",
-    }
-}
-
-impl Router {
-    /// Reads the whole request body, refusing more than `max_body_bytes` (before reading,
-    /// when the client announces its length), within `body_read_s` in all and
-    /// `body_idle_s` per read (408), and only with room in the body budget (503).
-    async fn read_body(
-        &self,
-        session: &mut Session,
-        room: &mut budget::Reserved,
-    ) -> Result<Bytes, ApiError> {
-        let limit = self.max_body_bytes;
-        let announced = session
-            .req_header()
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > limit) {
-            return Err(ApiError::too_large(limit));
-        }
-        let deadline = Instant::now() + budget::WAIT;
-        // Small bodies (the everyday chat request) are not queued behind large uploads:
-        // their memory is bounded by the connection caps.
-        if announced.is_some_and(|n| n > budget::SMALL_BODY) {
-            self.bodies
-                .reserve(room, announced.unwrap_or(0), deadline)
-                .await?;
-        }
-        let t = &self.timeouts;
-        let body = BodyRead {
-            limit,
-            idle: t.body_idle,
-            announced,
-            bodies: &self.bodies,
-            deadline,
-        };
-        match tokio::time::timeout(t.body_read, body.read(session, room)).await {
-            Ok(r) => r,
-            Err(_) => Err(ApiError::request_timeout(
-                "body",
-                t.body_read,
-                "body_read_s",
-            )),
-        }
-    }
-}
-
-/// One body being read: its limits and where its room comes from.
-struct BodyRead<'a> {
-    limit: u64,
-    idle: std::time::Duration,
-    /// The `Content-Length`; without one, each chunk reserves its room as it arrives.
-    announced: Option<u64>,
-    bodies: &'a budget::BodyBudget,
-    deadline: Instant,
-}
-
-impl BodyRead<'_> {
-    async fn read(
-        &self,
-        session: &mut Session,
-        room: &mut budget::Reserved,
-    ) -> Result<Bytes, ApiError> {
-        let limit = self.limit;
-        // curl and others wait (1 s) for a 100 Continue before sending a body; the engine
-        // never sees `Expect` (we hold the whole body before choosing it).
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            session
-                .write_continue_response()
-                .await
-                .map_err(|e| ApiError::bad_request("invalid_body", format!("client gone: {e}")))?;
-        }
-        let mut chunks = Chunks::new(self.announced);
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if (chunks.len + chunk.len()) as u64 > limit {
-                        return Err(ApiError::too_large(limit));
-                    }
-                    if self.announced.is_none() {
-                        // Chunked: counted once past the small-body size, then per chunk.
-                        let (before, after) =
-                            (chunks.len as u64, (chunks.len + chunk.len()) as u64);
-                        if after > budget::SMALL_BODY {
-                            let owed = if before > budget::SMALL_BODY {
-                                after - before
-                            } else {
-                                after
-                            };
-                            self.bodies.reserve(room, owed, self.deadline).await?;
-                        }
-                    }
-                    chunks.push(chunk);
-                }
-                Ok(None) => return Ok(chunks.join()),
-                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
-                    return Err(ApiError::request_timeout(
-                        "body",
-                        self.idle,
-                        "body_idle_s (no byte for that long)",
-                    ))
-                }
-                Err(e) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_body",
-                        format!("Could not read the request body: {e}"),
-                    ))
-                }
-            }
-        }
-    }
-}
-
-/// A body as it arrives: the reads as they came (small reads of a trickling client are
-/// gathered into 64 KiB pieces rather than one allocation each), joined once at the end
-/// into a buffer of exactly their size. Nothing is allocated on the client's word.
-/// Once a client with a `Content-Length` has actually sent [`Chunks::PROVEN`] bytes (and
-/// the budget holds room for all of it), the rest goes straight into one buffer of the
-/// announced size, so a large body is never held twice.
-#[derive(Default)]
-struct Chunks {
-    done: Vec<Bytes>,
-    pending: BytesMut,
-    len: usize,
-    announced: Option<u64>,
-    whole: Option<BytesMut>,
-}
-
-impl Chunks {
-    const SMALL: usize = 16 * 1024;
-    const PIECE: usize = 64 * 1024;
-    const PROVEN: usize = 1024 * 1024;
-
-    fn new(announced: Option<u64>) -> Self {
-        Chunks {
-            announced,
-            ..Default::default()
-        }
-    }
-
-    fn push(&mut self, chunk: Bytes) {
-        self.len += chunk.len();
-        if let Some(w) = &mut self.whole {
-            w.extend_from_slice(&chunk);
-            return;
-        }
-        if let Some(n) = self.announced.filter(|_| self.len >= Self::PROVEN) {
-            self.flush();
-            let mut w = BytesMut::with_capacity((n as usize).max(self.len));
-            for c in self.done.drain(..) {
-                w.extend_from_slice(&c);
-            }
-            w.extend_from_slice(&chunk);
-            self.whole = Some(w);
-            return;
-        }
-        if chunk.len() >= Self::SMALL {
-            self.flush();
-            self.done.push(chunk);
-            return;
-        }
-        if self.pending.capacity() == 0 {
-            self.pending.reserve(Self::PIECE);
-        }
-        self.pending.extend_from_slice(&chunk);
-        if self.pending.len() >= Self::PIECE {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        if !self.pending.is_empty() {
-            self.done.push(std::mem::take(&mut self.pending).freeze());
-        }
-    }
-
-    fn join(mut self) -> Bytes {
-        if let Some(w) = self.whole {
-            return w.freeze();
-        }
-        self.flush();
-        if self.done.len() == 1 {
-            return self.done.pop().unwrap_or_default();
-        }
-        let mut buf = BytesMut::with_capacity(self.len);
-        for c in self.done {
-            buf.extend_from_slice(&c);
-        }
-        buf.freeze()
     }
 }
 

@@ -106,14 +106,15 @@ impl StateFile {
     /// other routers are left as they are.
     pub fn restore(&self, initial: &BTreeMap<String, EngineRecord>) {
         let me = Owner::me();
-        let mut now = self.load();
+        let found = self.load();
+        let mut now = found.clone();
         now.retain(|_, rec| rec.router != me || me.is_none());
         for (id, rec) in initial {
             if !now.contains_key(id) && is_live(rec) {
                 now.insert(id.clone(), rec.clone());
             }
         }
-        if now != self.load() {
+        if now != found {
             if now.is_empty() && initial.is_empty() {
                 let _ = std::fs::remove_file(&self.path);
             } else {

@@ -223,6 +223,24 @@ pub fn pid_alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Stops a router daemon the test started, by its pid: SIGINT (it exits at once and stops
+/// its engines), SIGKILL if it is still there after 10 s.
+pub fn stop_daemon(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    if pid <= 0 || !pid_alive(pid) {
+        return;
+    }
+    let pid_ = nix::unistd::Pid::from_raw(pid);
+    let _ = kill(pid_, Signal::SIGINT);
+    let t0 = Instant::now();
+    while pid_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if pid_alive(pid) {
+        let _ = kill(pid_, Signal::SIGKILL);
+    }
+}
+
 /// The `id`s of a `/v1/models` answer, in order.
 pub fn model_ids(list: &serde_json::Value) -> Vec<&str> {
     list["data"]

@@ -1,0 +1,194 @@
+//! Reading a request body: bounded in size (413), in time (408) and in the memory all
+//! bodies together may hold (503, see [`super::budget`]). The router holds each inference
+//! body whole before it chooses an instance (see [`super::forward`]).
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::proxy::Session;
+use pingora::ErrorType;
+
+use super::budget::{BodyBudget, Reserved, WAIT};
+use super::error::ApiError;
+use crate::config::ClientTimeouts;
+
+/// Reads the whole request body, refusing more than `limit` bytes (before reading, when
+/// the client announces its length), within `body_read_s` in all and `body_idle_s` per
+/// read (408), and only with room in `bodies` (503), reserved into `room`.
+pub async fn read(
+    session: &mut Session,
+    limit: u64,
+    t: &ClientTimeouts,
+    bodies: &BodyBudget,
+    room: &mut Reserved,
+) -> Result<Bytes, ApiError> {
+    let announced = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let deadline = Instant::now() + WAIT;
+    // A small body (the everyday request) is not queued behind large uploads.
+    bodies
+        .charge(room, 0, announced.unwrap_or(0), deadline)
+        .await?;
+    let body = BodyRead {
+        limit,
+        idle: t.body_idle,
+        announced,
+        bodies,
+        deadline,
+    };
+    match tokio::time::timeout(t.body_read, body.read(session, room)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::request_timeout(
+            "body",
+            t.body_read,
+            "body_read_s",
+        )),
+    }
+}
+
+/// One body being read: its limits and where its room comes from.
+struct BodyRead<'a> {
+    limit: u64,
+    idle: std::time::Duration,
+    /// The `Content-Length`; without one, each chunk reserves its room as it arrives.
+    announced: Option<u64>,
+    bodies: &'a BodyBudget,
+    deadline: Instant,
+}
+
+impl BodyRead<'_> {
+    async fn read(&self, session: &mut Session, room: &mut Reserved) -> Result<Bytes, ApiError> {
+        let limit = self.limit;
+        // curl and others wait (1 s) for a 100 Continue before sending a body; the engine
+        // never sees `Expect` (we hold the whole body before choosing it).
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session
+                .write_continue_response()
+                .await
+                .map_err(|e| ApiError::bad_request("invalid_body", format!("client gone: {e}")))?;
+        }
+        let mut chunks = Chunks::new(self.announced);
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if (chunks.len + chunk.len()) as u64 > limit {
+                        return Err(ApiError::too_large(limit));
+                    }
+                    if self.announced.is_none() {
+                        let (before, after) = (chunks.len, chunks.len + chunk.len());
+                        self.bodies
+                            .charge(room, before as u64, after as u64, self.deadline)
+                            .await?;
+                    }
+                    chunks.push(chunk);
+                }
+                Ok(None) => return Ok(chunks.join()),
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                    return Err(ApiError::request_timeout(
+                        "body",
+                        self.idle,
+                        "body_idle_s (no byte for that long)",
+                    ))
+                }
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_body",
+                        format!("Could not read the request body: {e}"),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A body as it arrives: the reads as they came (small reads of a trickling client are
+/// gathered into 64 KiB pieces rather than one allocation each), joined once at the end
+/// into a buffer of exactly their size. Nothing is allocated on the client's word.
+/// Once a client with a `Content-Length` has actually sent [`Chunks::PROVEN`] bytes (and
+/// the budget holds room for all of it), the rest goes straight into one buffer of the
+/// announced size, so a large body is never held twice.
+#[derive(Default)]
+struct Chunks {
+    done: Vec<Bytes>,
+    pending: BytesMut,
+    len: usize,
+    announced: Option<u64>,
+    whole: Option<BytesMut>,
+}
+
+impl Chunks {
+    const SMALL: usize = 16 * 1024;
+    const PIECE: usize = 64 * 1024;
+    const PROVEN: usize = 1024 * 1024;
+
+    fn new(announced: Option<u64>) -> Self {
+        Chunks {
+            announced,
+            ..Default::default()
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        if let Some(w) = &mut self.whole {
+            w.extend_from_slice(&chunk);
+            return;
+        }
+        if let Some(n) = self.announced.filter(|_| self.len >= Self::PROVEN) {
+            self.flush();
+            let mut w = BytesMut::with_capacity((n as usize).max(self.len));
+            for c in self.done.drain(..) {
+                w.extend_from_slice(&c);
+            }
+            w.extend_from_slice(&chunk);
+            self.whole = Some(w);
+            return;
+        }
+        if chunk.len() >= Self::SMALL {
+            self.flush();
+            self.done.push(chunk);
+            return;
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(Self::PIECE);
+        }
+        self.pending.extend_from_slice(&chunk);
+        if self.pending.len() >= Self::PIECE {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            self.done.push(std::mem::take(&mut self.pending).freeze());
+        }
+    }
+
+    fn join(mut self) -> Bytes {
+        if let Some(w) = self.whole {
+            return w.freeze();
+        }
+        self.flush();
+        if self.done.len() == 1 {
+            return self.done.pop().unwrap_or_default();
+        }
+        let mut buf = BytesMut::with_capacity(self.len);
+        for c in self.done {
+            buf.extend_from_slice(&c);
+        }
+        buf.freeze()
+    }
+}
