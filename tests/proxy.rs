@@ -708,3 +708,96 @@ async fn a_pooled_connection_the_engine_closed_is_retried_on_the_same_instance()
     let m = r.get_text("/metrics").await;
     assert!(!m.contains("llm_router_failovers_total{"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_dying_behind_a_stale_connection_fails_over() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers one chat request per connection and keeps it alive. A second request on a
+    // connection is read and dropped unanswered (a stale pooled connection), and from
+    // then on every request is dropped, on new connections too: a killed vLLM whose
+    // workers still hold the listening socket. Health and metrics always answer.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let dying = std::sync::Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let dying = dying.clone();
+            tokio::spawn(async move {
+                let mut chats_here = 0;
+                loop {
+                    let Some(buf) = read_request(&mut s).await else {
+                        return;
+                    };
+                    let body = if buf.starts_with(b"GET /metrics") {
+                        "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0\n"
+                    } else if buf.starts_with(b"GET") {
+                        "{}"
+                    } else if chats_here > 0 || dying.load(Ordering::SeqCst) {
+                        dying.store(true, Ordering::SeqCst);
+                        return; // dropped unanswered
+                    } else {
+                        chats_here += 1;
+                        r#"{"id":"x","object":"chat.completion","choices":[]}"#
+                    };
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let other = MockVllm::start("other").await;
+    // `other` looks busy, so the dying engine is chosen while it seems healthy.
+    other.set_gauges(0, 20, 0.0);
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n{}balancer:\n  poll_interval_s: 0.2\n  health_check_interval_s: 30\n",
+        llm("m", "org/M", &[("dying", port), ("other", other.port())])
+    ))
+    .await;
+    common::wait_for("both scraped", Duration::from_secs(10), async || {
+        let v = r.instances().await;
+        v.len() == 2 && v[0]["fresh"] == true && v[1]["waiting"] == 20.0
+    })
+    .await;
+    // Until a request meets the stale connection, then the reset: every one is answered.
+    for i in 0..10 {
+        let resp = post(&r, "/v1/chat/completions", chat("m", false)).await;
+        let status = resp.status();
+        assert_eq!(status, 200, "request {i}: {:?}", resp.text().await);
+        if other.requests() > 0 {
+            return;
+        }
+    }
+    panic!("the dying engine was never met on a pooled connection");
+}
+
+/// One whole HTTP/1 request from `s` (head, then a `Content-Length` body); `None` once
+/// the connection is closed.
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = s.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return Some(got);
+            }
+        }
+    }
+}

@@ -206,7 +206,8 @@ impl Forwarder {
     }
 
     /// Tries one instance: a pooled connection the engine had closed is replaced by the
-    /// next one (then a new one), up to [`STALE_RETRIES`] times.
+    /// next one (then a new one), up to [`STALE_RETRIES`] times; if such a retry fails
+    /// before the engine answers, the next instance is tried.
     async fn attempt_instance(
         &self,
         session: &mut Session,
@@ -221,7 +222,15 @@ impl Forwarder {
             };
             debug!(instance = %guard.instance().id, reason = %why,
                 "pooled connection was closed by the engine; retrying on another");
-            result = self.attempt(session, guard, header, body).await;
+            result = match self.attempt(session, guard, header, body).await {
+                // A closed pooled connection may also mean the engine is dying (kill -9:
+                // its workers still hold the socket, so a new connection is accepted and
+                // then reset). A retry that fails before any answer fails over.
+                Err(AttemptError::Fatal(e)) if e.status == 502 => {
+                    Err(AttemptError::Retry(e.message))
+                }
+                other => other,
+            };
         }
         result
     }
