@@ -712,7 +712,7 @@ async fn a_pooled_connection_the_engine_closed_is_retried_on_the_same_instance()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_dying_behind_a_stale_connection_fails_over() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // Answers one chat request per connection and keeps it alive. A second request on a
     // connection is read and dropped unanswered (a stale pooled connection), and from
     // then on every request is dropped, on new connections too: a killed vLLM whose
