@@ -288,6 +288,93 @@ async fn bad_inputs_get_clear_errors() {
     still_serving(&r).await;
 }
 
+/// Before the check, one such id reached ONNX Runtime and failed its whole batch with a
+/// 500: every request queued with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_id_outside_the_vocabulary_is_a_400_and_spares_its_batch() {
+    let (r, _) = start("").await;
+    let c = reqwest::Client::new();
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let (c, url) = (c.clone(), r.url("/v1/embeddings"));
+            let input = match i % 3 {
+                0 => json!([[101, 2000, 102], [101, 2054, 30522, 102]]),
+                1 => json!([101, 7592, 99999]),
+                _ => json!([[101, 2000, 102], [101, 7592, 2088, 102]]),
+            };
+            tokio::spawn(async move {
+                let resp = c
+                    .post(url)
+                    .json(&json!({"model": "bge-small-en-v1.5", "input": input}))
+                    .send()
+                    .await
+                    .unwrap();
+                let st = resp.status().as_u16();
+                (i, st, resp.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, st, v) = t.await.unwrap();
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        match i % 3 {
+            0 => {
+                assert_eq!(st, 400, "{v}");
+                assert!(msg.contains("`input[1][2]` is token id 30522"), "{msg}");
+                assert!(msg.contains("0..30521"), "{msg}");
+                assert_eq!(v["error"]["param"], "input");
+            }
+            1 => {
+                assert_eq!(st, 400, "{v}");
+                assert!(msg.contains("`input[2]` is token id 99999"), "{msg}");
+            }
+            _ => assert_eq!(
+                (st, v["data"].as_array().map(Vec::len)),
+                (200, Some(2)),
+                "{v}"
+            ),
+        }
+    }
+    let health = reqwest::get(r.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// The embedding service's `/health` on its own port: every model with its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_each_model_and_the_token_bound_refuses_what_can_never_run() {
+    let (r, embed_port) = start("  max_queue_tokens: 64\n").await;
+    let (st, v) = post(
+        &r,
+        "/v1/embeddings",
+        json!({"model": "bge-small-en-v1.5", "input": "word ".repeat(100)}),
+    )
+    .await;
+    assert_eq!(st, 413, "{v}");
+    assert_eq!(v["error"]["code"], "too_many_tokens");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("102 tokens") && msg.contains("max_queue_tokens"),
+        "{msg}"
+    );
+    still_serving(&r).await;
+    let h: Value = reqwest::get(format!("http://127.0.0.1:{embed_port}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    let models = h["models"].as_object().unwrap();
+    assert_eq!(models.len(), 3, "{h}");
+    assert_eq!(models["ms-marco-MiniLM-L-12-v2"]["kind"], "rerank");
+    for (name, m) in models {
+        assert_eq!(m["status"], "ready", "{name}: {h}");
+        assert_eq!(m["queued_requests"], 0, "{name}: {h}");
+        assert_eq!(m["queued_tokens"], 0, "{name}: {h}");
+        assert_eq!(m["failed_requests"], 0, "{name}: {h}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched() {
     let (r, embed_port) = start("").await;

@@ -323,6 +323,8 @@ pub struct EmbedServerOptions {
     pub max_batch_size: usize,
     /// Requests waiting per model before 429. Default 256.
     pub max_queue: usize,
+    /// Tokens waiting (or being computed) per model before 429. Default 262144.
+    pub max_queue_tokens: usize,
     /// Items one request may carry before 413. Default 512.
     pub max_client_batch_size: usize,
     /// ONNX Runtime threads per model. Default: CPU cores.

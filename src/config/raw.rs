@@ -132,6 +132,8 @@ pub struct RawEmbeddingServer {
     #[serde(default)]
     pub max_queue: Option<usize>,
     #[serde(default)]
+    pub max_queue_tokens: Option<usize>,
+    #[serde(default)]
     pub max_client_batch_size: Option<usize>,
     #[serde(default)]
     pub threads: Option<usize>,

@@ -653,6 +653,7 @@ fn resolve_embedding(
         ("max_batch_tokens", es.max_batch_tokens),
         ("max_batch_size", es.max_batch_size),
         ("max_queue", es.max_queue),
+        ("max_queue_tokens", es.max_queue_tokens),
         ("max_client_batch_size", es.max_client_batch_size),
         ("threads", es.threads),
     ] {
@@ -678,6 +679,7 @@ fn resolve_embedding(
         max_batch_tokens: es.max_batch_tokens.unwrap_or(16384).max(1),
         max_batch_size: es.max_batch_size.unwrap_or(64).max(1),
         max_queue: es.max_queue.unwrap_or(256).max(1),
+        max_queue_tokens: es.max_queue_tokens.unwrap_or(262_144).max(1),
         max_client_batch_size: es.max_client_batch_size.unwrap_or(512).max(1),
         threads: es.threads.unwrap_or(cores).max(1),
     });

@@ -46,6 +46,8 @@ pub struct OnnxModel {
     pub normalize: bool,
     pub max_length: usize,
     tokenizer: Tokenizer,
+    /// Token ids the tokenizer knows (added tokens included).
+    vocab_size: usize,
     /// Run by the model's one worker thread; the lock is never contended.
     session: Mutex<Session>,
     wants_token_types: bool,
@@ -153,6 +155,7 @@ impl OnnxModel {
             pooling,
             normalize: spec.normalize,
             max_length: spec.max_length,
+            vocab_size: tokenizer.get_vocab_size(true),
             tokenizer,
             session: Mutex::new(session),
             wants_token_types,
@@ -168,10 +171,21 @@ impl OnnxModel {
         r.map_err(|e| format!("tokenizer: {e}"))
     }
 
-    /// Wraps token ids given by the client (already tokenized input).
-    pub fn encode_ids(&self, ids: &[u32]) -> Encoding {
+    /// Wraps token ids given by the client (already tokenized input). An id outside the
+    /// vocabulary is refused here: the forward pass would fail on it, and with it every
+    /// request batched with it. The error names the id's position.
+    pub fn encode_ids(&self, ids: &[u32]) -> Result<Encoding, OutOfVocabulary> {
+        let vocab = self.vocab_size;
+        if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab)
+        {
+            return Err(OutOfVocabulary {
+                position,
+                id,
+                vocab,
+            });
+        }
         let n = ids.len().min(self.max_length);
-        Encoding::new(
+        Ok(Encoding::new(
             ids[..n].to_vec(),
             vec![0; n],
             vec![String::new(); n],
@@ -181,11 +195,23 @@ impl OnnxModel {
             vec![1; n],
             vec![],
             Default::default(),
-        )
+        ))
     }
+}
 
+/// A client's token id the model has no embedding for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfVocabulary {
+    /// Where in the client's list of ids.
+    pub position: usize,
+    pub id: u32,
+    /// Ids run from 0 to `vocab - 1`.
+    pub vocab: usize,
+}
+
+impl super::batch::Backend for OnnxModel {
     /// Runs one batch: sentence vectors (embedders) or one logit per item (rerankers).
-    pub fn run(&self, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>, String> {
+    fn run(&self, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>, String> {
         let b = batch.len();
         let seq = batch
             .iter()
@@ -222,10 +248,12 @@ impl OnnxModel {
         if self.wants_token_types {
             inputs.push(("token_type_ids".into(), tensor(types)?));
         }
+        // A panic while the lock was held happened in our own code around the session,
+        // not inside ONNX Runtime: the session itself is intact.
         let mut session = self
             .session
             .lock()
-            .map_err(|_| "session lock poisoned".to_string())?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let outputs = session.run(inputs).map_err(|e| format!("inference: {e}"))?;
         let (out_shape, data) = outputs[0]
             .try_extract_tensor::<f32>()
@@ -279,6 +307,7 @@ impl OnnxModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::batch::Backend;
 
     fn models_dir() -> Option<PathBuf> {
         let d = PathBuf::from("models");
@@ -345,5 +374,39 @@ mod tests {
         let enc: Vec<Encoding> = docs.iter().map(|d| m.encode(q, Some(d)).unwrap()).collect();
         let s = m.run(&enc.iter().collect::<Vec<_>>()).unwrap();
         assert!(s[0][0] > 5.0 && s[1][0] < 0.0, "{s:?}");
+    }
+
+    #[test]
+    fn token_ids_outside_the_vocabulary_are_refused_before_inference() {
+        let Some(m) = load("bge-small-en-v1.5", Kind::Embedding, Pooling::Cls) else {
+            return;
+        };
+        let vocab = m.vocab_size as u32;
+        assert_eq!(vocab, 30522);
+        assert!(m.encode_ids(&[101, vocab - 1, 102]).is_ok());
+        assert_eq!(
+            m.encode_ids(&[101, 2054, vocab, 102]).unwrap_err(),
+            OutOfVocabulary {
+                position: 2,
+                id: vocab,
+                vocab: 30522
+            }
+        );
+        // What the check spares the batch: the forward pass fails on such an id.
+        let good = m.encode_ids(&[101, 102]).unwrap();
+        let ids = [101u32, vocab + 5];
+        let raw = Encoding::new(
+            ids.to_vec(),
+            vec![0; 2],
+            vec![String::new(); 2],
+            vec![None; 2],
+            vec![(0, 0); 2],
+            vec![0; 2],
+            vec![1; 2],
+            vec![],
+            Default::default(),
+        );
+        assert!(m.run(&[&good, &raw]).is_err());
+        assert!(m.run(&[&good]).is_ok());
     }
 }

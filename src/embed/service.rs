@@ -19,15 +19,21 @@ use serde_json::{json, Value};
 use tokenizers::Encoding;
 
 use super::batch::{BatchOptions, Batcher, SubmitError};
-use super::model::{init_runtime, Kind, ModelSpec, OnnxModel};
+use super::model::{init_runtime, Kind, ModelSpec, OnnxModel, OutOfVocabulary};
 use crate::config::{EmbedServerOptions, ModelConfig, ModelKind};
 use crate::proxy::error::{error_response, json_response, ApiError};
 
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
 pub struct EmbedService {
-    models: IndexMap<String, Batcher>,
+    models: IndexMap<String, Served>,
     max_client_batch_size: usize,
+}
+
+/// One loaded model and the queue in front of it.
+struct Served {
+    model: Arc<OnnxModel>,
+    queue: Batcher,
 }
 
 impl EmbedService {
@@ -38,6 +44,7 @@ impl EmbedService {
             max_batch_tokens: opts.max_batch_tokens,
             max_batch_size: opts.max_batch_size,
             max_queue: opts.max_queue,
+            max_queue_tokens: opts.max_queue_tokens,
         };
         let mut loaded = IndexMap::new();
         for m in models {
@@ -71,7 +78,8 @@ impl EmbedService {
             };
             let model = Arc::new(OnnxModel::load(&spec)?);
             tracing::info!(model = %m.name, kind = ?kind, pooling = ?model.pooling, "embedding model loaded");
-            loaded.insert(m.name.clone(), Batcher::new(model, batch));
+            let queue = Batcher::new(&m.name, model.clone(), batch);
+            loaded.insert(m.name.clone(), Served { model, queue });
         }
         Ok(EmbedService {
             models: loaded,
@@ -79,14 +87,14 @@ impl EmbedService {
         })
     }
 
-    fn model(&self, name: &str) -> Result<&Batcher, ApiError> {
+    fn model(&self, name: &str) -> Result<&Served, ApiError> {
         self.models.get(name).ok_or_else(|| {
             let names: Vec<&str> = self.models.keys().map(|s| s.as_str()).collect();
             ApiError::model_not_found(name, &names)
         })
     }
 
-    fn first_reranker(&self) -> Result<&Batcher, ApiError> {
+    fn first_reranker(&self) -> Result<&Served, ApiError> {
         self.models
             .values()
             .find(|b| b.model.kind == Kind::Rerank)
@@ -95,12 +103,13 @@ impl EmbedService {
             })
     }
 
-    async fn run(&self, b: &Batcher, items: Vec<Encoding>) -> Result<Vec<Vec<f32>>, ApiError> {
-        b.submit(items).await.map_err(|e| match e {
+    async fn run(&self, b: &Served, items: Vec<Encoding>) -> Result<Vec<Vec<f32>>, ApiError> {
+        b.queue.submit(items).await.map_err(|e| match e {
             SubmitError::Overloaded => ApiError::overloaded(format!(
                 "Model `{}` is busy: its queue is full, retry shortly",
                 b.model.name
             )),
+            SubmitError::TooLarge { tokens, max } => ApiError::too_many_tokens(tokens, max),
             SubmitError::Failed(e) => ApiError::internal(format!("inference failed: {e}")),
         })
     }
@@ -161,7 +170,7 @@ impl EmbedService {
     /// Raw relevance logits of `docs` for `query`, with the tokens counted.
     async fn scores(
         &self,
-        b: &Batcher,
+        b: &Served,
         query: &str,
         docs: &[String],
     ) -> Result<(Vec<f32>, usize), ApiError> {
@@ -180,7 +189,7 @@ impl EmbedService {
         ))
     }
 
-    fn reranker<'a>(&'a self, v: &Value) -> Result<&'a Batcher, ApiError> {
+    fn reranker<'a>(&'a self, v: &Value) -> Result<&'a Served, ApiError> {
         let b = match v["model"].as_str() {
             Some(name) => self.model(name)?,
             None => self.first_reranker()?,
@@ -285,16 +294,56 @@ impl EmbedService {
         )
     }
 
+    /// `GET /health`: each model's state and queue. 200 while every model serves, and
+    /// while some do ("degraded": the router's health check must not take the working
+    /// models out with a broken one); 503 when none does.
+    fn health(&self) -> Response<Vec<u8>> {
+        let mut models = serde_json::Map::new();
+        let mut serving = 0;
+        for s in self.models.values() {
+            let q = s.queue.state();
+            serving += usize::from(q.serving);
+            models.insert(
+                s.model.name.clone(),
+                json!({
+                    "kind": kind_name(s.model.kind),
+                    "status": if q.serving { "ready" } else { "stopped" },
+                    "queued_requests": q.queued_requests,
+                    "queued_tokens": q.queued_tokens,
+                    "failed_requests": q.failed_requests,
+                }),
+            );
+        }
+        let (code, status) = match serving {
+            n if n == self.models.len() => (200, "ok"),
+            0 => (503, "down"),
+            _ => (200, "degraded"),
+        };
+        json_response(
+            code,
+            json!({"status": status, "models": models})
+                .to_string()
+                .into_bytes(),
+        )
+    }
+
     fn models_list(&self) -> Value {
         let data: Vec<Value> = self
             .models
             .values()
             .map(|b| {
                 json!({"id": b.model.name, "object": "model", "owned_by": "llm-router",
-                "kind": if b.model.kind == Kind::Rerank { "rerank" } else { "embedding" }})
+                "kind": kind_name(b.model.kind)})
             })
             .collect();
         json!({"object": "list", "data": data})
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Rerank => "rerank",
+        Kind::Embedding => "embedding",
     }
 }
 
@@ -327,14 +376,19 @@ fn model_name(v: &Value) -> Result<&str, ApiError> {
 /// `input` in any of OpenAI's forms.
 enum Inputs {
     Texts(Vec<String>),
-    Ids(Vec<Vec<u32>>),
+    /// Lists of token ids; `flat`: the client sent one list (`input: [1, 2]`), not a
+    /// list of lists, and errors name positions in it.
+    Ids {
+        ids: Vec<Vec<u32>>,
+        flat: bool,
+    },
 }
 
 impl Inputs {
     fn into_strings(self, field: &str) -> Result<Vec<String>, ApiError> {
         match self {
             Inputs::Texts(t) => Ok(t),
-            Inputs::Ids(_) => Err(ApiError::bad_request(
+            Inputs::Ids { .. } => Err(ApiError::bad_request(
                 "invalid_input",
                 format!("`{field}` must be strings for reranking"),
             )),
@@ -348,9 +402,34 @@ impl Inputs {
                 .map(|s| m.encode(s, None))
                 .collect::<Result<_, _>>()
                 .map_err(|e| ApiError::bad_request("invalid_input", e)),
-            Inputs::Ids(ids) => Ok(ids.iter().map(|i| m.encode_ids(i)).collect()),
+            Inputs::Ids { ids, flat } => ids
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| {
+                    m.encode_ids(ids)
+                        .map_err(|e| out_of_vocabulary(&m.name, i, flat, e))
+                })
+                .collect(),
         }
     }
+}
+
+/// The 400 for a token id the model has no embedding for, naming where it is.
+fn out_of_vocabulary(model: &str, input: usize, flat: bool, e: OutOfVocabulary) -> ApiError {
+    let at = if flat {
+        format!("`input[{}]`", e.position)
+    } else {
+        format!("`input[{input}][{}]`", e.position)
+    };
+    ApiError::bad_request(
+        "invalid_input",
+        format!(
+            "{at} is token id {}, outside the vocabulary of `{model}` (ids 0..{})",
+            e.id,
+            e.vocab - 1
+        ),
+    )
+    .with_param("input")
 }
 
 /// Validates `input`: a string, strings, token ids, or lists of token ids.
@@ -376,7 +455,10 @@ fn inputs(v: &Value, max_items: usize) -> Result<Inputs, ApiError> {
     }
     if items.iter().all(Value::is_number) {
         return match ids(items) {
-            Some(i) => Ok(Inputs::Ids(vec![i])),
+            Some(i) => Ok(Inputs::Ids {
+                ids: vec![i],
+                flat: true,
+            }),
             None => bad("token ids must be integers in 0..2^32".into()),
         };
     }
@@ -393,7 +475,7 @@ fn inputs(v: &Value, max_items: usize) -> Result<Inputs, ApiError> {
                 .with_param("input")),
             })
             .collect::<Result<_, _>>()
-            .map(Inputs::Ids);
+            .map(|ids| Inputs::Ids { ids, flat: false });
     }
     items
         .iter()
@@ -534,7 +616,7 @@ impl EmbedService {
         let method = s.req_header().method.as_str().to_string();
         let path = s.req_header().uri.path().trim_end_matches('/').to_string();
         let result = match (method.as_str(), path.as_str()) {
-            ("GET", "/health") => Ok(json!({"status": "ok"})),
+            ("GET", "/health") => return self.health(),
             ("GET", "/v1/models") => Ok(self.models_list()),
             ("GET", "/metrics") => {
                 return crate::telemetry::metrics::page_response(crate::telemetry::metrics::gather())

@@ -138,6 +138,17 @@ impl ApiError {
         .with_param("input")
     }
 
+    /// One request with more tokens than the embedding queue may ever hold.
+    pub fn too_many_tokens(got: usize, max: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "too_many_tokens",
+            format!("The request has {got} tokens; a model's queue holds at most {max} (embedding_server.max_queue_tokens)"),
+        )
+        .with_param("input")
+    }
+
     /// The service's queue is full: retry shortly.
     pub fn overloaded(message: impl Into<String>) -> Self {
         let mut e = Self::new(
