@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{llm, MockVllm, RouterProc};
+use common::{dead_port, fake_engine, llm, RouterProc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENTS: usize = 40;
@@ -66,14 +66,52 @@ async fn upload(port: u16) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `examples/fake_engine` (the mock vLLM's endpoints) as a child process, killed on drop.
+struct Engine {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Engine {
+    fn start() -> Engine {
+        let port = dead_port();
+        let child = std::process::Command::new(fake_engine())
+            .args(["m", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .spawn()
+            .unwrap();
+        Engine { child, port }
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/health", self.port);
+        let t0 = Instant::now();
+        while !reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "fake engine did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_flood_stays_within_the_body_budget_and_normal_requests_are_served() {
-    let m = MockVllm::start("m").await;
+    // The engine in its own process: this one is busy pushing 40 uploads.
+    let engine = Engine::start();
     let r = RouterProc::start(&format!(
         "LLM_engines:\n{}router:\n  connections: {{max_per_ip: 1000}}\n",
-        llm("m", "org/M", &[("m1", m.port())])
+        llm("m", "org/M", &[("m1", engine.port)])
     ))
     .await;
+    engine.wait_ready().await;
     let pid = r.child.id();
     let idle_rss = rss_bytes(pid);
     let stop = Arc::new(AtomicBool::new(false));

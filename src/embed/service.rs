@@ -516,13 +516,25 @@ async fn read_body(s: &mut ServerSession) -> Result<Value, ApiError> {
             }
         }
     }
-    serde_json::from_slice(&buf).map_err(|e| {
+    // A large document is parsed on the blocking pool, not on the worker thread that
+    // serves every other connection (as the proxy does, see `proxy::body`).
+    let parsed = if buf.len() <= PARSE_INLINE_MAX {
+        serde_json::from_slice(&buf)
+    } else {
+        tokio::task::spawn_blocking(move || serde_json::from_slice(&buf))
+            .await
+            .map_err(|e| ApiError::internal(format!("body parsing failed: {e}")))?
+    };
+    parsed.map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("Request body is not valid JSON: {e}"),
         )
     })
 }
+
+/// Bodies up to this size are parsed on the worker thread.
+const PARSE_INLINE_MAX: usize = 256 * 1024;
 
 /// Runs `work` unless the client hangs up first: then `work` is dropped, and with it the
 /// request's place in the batching queue (the inference thread skips it).

@@ -160,6 +160,25 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
     })
 }
 
+/// Bodies larger than this are inspected on the blocking pool: validating 30 MiB of JSON
+/// takes tens of milliseconds (seconds in a debug build), and on a worker thread it would
+/// stall every other connection of that thread (seen as engine connects timing out
+/// during an upload flood).
+const INSPECT_INLINE_MAX: usize = 256 * 1024;
+
+/// [`inspect`], off the async worker threads for a large body.
+pub async fn inspect_shared(body: &Bytes) -> Result<RequestInfo, ApiError> {
+    if body.len() <= INSPECT_INLINE_MAX {
+        return inspect(body);
+    }
+    let whole = body.clone();
+    match tokio::task::spawn_blocking(move || inspect(&whole)).await {
+        // The span is an offset into the bytes, which the clone shares.
+        Ok(r) => r,
+        Err(e) => Err(ApiError::internal(format!("body inspection failed: {e}"))),
+    }
+}
+
 /// `body` with the `model` value replaced by `new_model`. A large body comes back as
 /// pieces that share the client's buffer (the bytes before the value, the new value, the
 /// bytes after it), so a 30 MiB body is never held twice; a small one as one buffer.

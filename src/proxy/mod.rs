@@ -190,7 +190,7 @@ impl Router {
             &mut ctx._body_room,
         )
         .await?;
-        let info = match body::inspect(&body) {
+        let info = match body::inspect_shared(&body).await {
             // text-embeddings-inference's `/rerank` names no model: the first reranker.
             Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
                 let Some(m) = self.registry.models().find(|m| m.kind == ModelKind::Rerank) else {
@@ -382,6 +382,7 @@ impl ProxyHttp for Router {
         if let Err(e) = self.handle(session, ctx).await {
             if !response_started(session) {
                 write_error(session, &e, &ctx.request_id).await;
+                request_body::discard_rest(session).await;
             }
             ctx.error = Some(e);
         }

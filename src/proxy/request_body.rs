@@ -2,7 +2,7 @@
 //! bodies together may hold (503, see [`super::budget`]). The router holds each inference
 //! body whole before it chooses an instance (see [`super::forward`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -12,6 +12,42 @@ use pingora::ErrorType;
 use super::budget::{BodyBudget, Reserved, WAIT};
 use super::error::ApiError;
 use crate::config::ClientTimeouts;
+
+/// How long, and how much, [`discard_rest`] reads of a body nobody will use.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
+/// After an error answer to a request whose body was not (fully) read (over the size
+/// limit, no room in the budget, a refused head): reads and drops what the client still
+/// sends, for at most [`LINGER_TIME`] and [`LINGER_BYTES`], before the connection is
+/// closed. Closing a socket with unread data sends a reset, and the client's kernel then
+/// throws away the answer it had not read yet: the client would see "connection reset"
+/// instead of the 413 (seen in the soak: 7% of oversized uploads). nginx's lingering
+/// close does the same. Skipped for a client that waits for `100 Continue` (it sends
+/// nothing) and for an announced body larger than the bound (it would be reset anyway,
+/// after work for nothing).
+pub async fn discard_rest(session: &mut Session) {
+    let h = &session.req_header().headers;
+    let too_long = announced_length(h).is_some_and(|n| n > LINGER_BYTES as u64);
+    if too_long || h.contains_key(header::EXPECT) || session.is_body_done() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => dropped += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
+/// The body length the client announced (`Content-Length`), if any.
+fn announced_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
 
 /// Reads the whole request body, refusing more than `limit` bytes (before reading, when
 /// the client announces its length), within `body_read_s` in all and `body_idle_s` per
@@ -23,12 +59,7 @@ pub async fn read(
     bodies: &BodyBudget,
     room: &mut Reserved,
 ) -> Result<Bytes, ApiError> {
-    let announced = session
-        .req_header()
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let announced = announced_length(&session.req_header().headers);
     if announced.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
