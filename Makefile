@@ -1,6 +1,6 @@
 # llm-router: every target does its own set-up (idempotent), so a fresh clone needs only
 # `make run` or `make test`.
-.PHONY: run run-mock test e2e bench build release setup models check fmt lint clean
+.PHONY: run run-mock test e2e bench fuzz soak build release setup models check fmt lint clean
 
 # Build (release) and start the router on conf/demo.yaml: two real vLLM CPU engines
 # (installed on first use) behind the router.
@@ -23,6 +23,15 @@ e2e: build
 # Benchmarks (router vs direct, selection, polling, embeddings); markdown tables.
 bench:
 	scripts/bench.sh
+
+# Coverage-guided fuzzing (cargo-fuzz on stable, installed on first use): every target in
+# fuzz/ for FUZZ_S seconds (default 300). `make test` replays the committed corpora.
+fuzz:
+	scripts/fuzz.sh
+
+# Soak: SOAK_S seconds (default 600) of mixed traffic against mock engines; RSS growth.
+soak:
+	scripts/soak.sh
 
 setup:
 	scripts/setup.sh

@@ -13,6 +13,11 @@ pub struct BenchRouter {
 impl BenchRouter {
     /// Starts the router on `yaml` (not waiting for it to be ready).
     pub fn start(yaml: &str) -> BenchRouter {
+        Self::start_with(yaml, Stdio::inherit())
+    }
+
+    /// [`BenchRouter::start`] with the router's log (stderr) sent to `log`.
+    pub fn start_with(yaml: &str, log: Stdio) -> BenchRouter {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("bench.yaml");
         std::fs::write(&cfg, yaml).unwrap();
@@ -33,6 +38,7 @@ impl BenchRouter {
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         BenchRouter {
@@ -52,6 +58,11 @@ impl BenchRouter {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("router did not start");
+    }
+
+    /// The folder of the config file (relative paths in it resolve here).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -75,7 +86,20 @@ impl BenchRouter {
 }
 
 impl Drop for BenchRouter {
+    /// SIGINT first (the router stops the engines it spawned on its way out), SIGKILL if
+    /// it lingers.
     fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(pid, Signal::SIGINT);
+            let t0 = std::time::Instant::now();
+            while matches!(self.child.try_wait(), Ok(None))
+                && t0.elapsed() < std::time::Duration::from_secs(10)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

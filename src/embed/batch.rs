@@ -406,17 +406,7 @@ mod tests {
     fn item(id: u32, len: usize) -> Encoding {
         let mut ids = vec![id];
         ids.resize(len, 7);
-        Encoding::new(
-            ids,
-            vec![0; len],
-            vec![String::new(); len],
-            vec![None; len],
-            vec![(0, 0); len],
-            vec![0; len],
-            vec![1; len],
-            vec![],
-            Default::default(),
-        )
+        crate::embed::model::plain_encoding(ids)
     }
 
     fn batcher(max_queue_tokens: usize) -> (Arc<Batcher>, std::sync::mpsc::Sender<()>) {

@@ -185,18 +185,24 @@ impl OnnxModel {
             });
         }
         let n = ids.len().min(self.max_length);
-        Ok(Encoding::new(
-            ids[..n].to_vec(),
-            vec![0; n],
-            vec![String::new(); n],
-            vec![None; n],
-            vec![(0, 0); n],
-            vec![0; n],
-            vec![1; n],
-            vec![],
-            Default::default(),
-        ))
+        Ok(plain_encoding(ids[..n].to_vec()))
     }
+}
+
+/// An encoding of bare token ids: one sequence, every token attended to.
+pub fn plain_encoding(ids: Vec<u32>) -> Encoding {
+    let n = ids.len();
+    Encoding::new(
+        ids,
+        vec![0; n],
+        vec![String::new(); n],
+        vec![None; n],
+        vec![(0, 0); n],
+        vec![0; n],
+        vec![1; n],
+        vec![],
+        Default::default(),
+    )
 }
 
 /// A client's token id the model has no embedding for.
@@ -394,18 +400,7 @@ mod tests {
         );
         // What the check spares the batch: the forward pass fails on such an id.
         let good = m.encode_ids(&[101, 102]).unwrap();
-        let ids = [101u32, vocab + 5];
-        let raw = Encoding::new(
-            ids.to_vec(),
-            vec![0; 2],
-            vec![String::new(); 2],
-            vec![None; 2],
-            vec![(0, 0); 2],
-            vec![0; 2],
-            vec![1; 2],
-            vec![],
-            Default::default(),
-        );
+        let raw = plain_encoding(vec![101, vocab + 5]);
         assert!(m.run(&[&good, &raw]).is_err());
         assert!(m.run(&[&good]).is_ok());
     }

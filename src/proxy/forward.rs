@@ -25,6 +25,7 @@ use pingora::{Error, ErrorType};
 use tracing::{debug, warn};
 
 use super::error::ApiError;
+use super::usage::{SseUsage, Usage};
 use crate::balance::{InFlightGuard, Model};
 use crate::config::RouterOptions;
 use crate::telemetry::metrics;
@@ -59,8 +60,7 @@ pub struct Outcome {
     pub stream_error: Option<String>,
     pub ttfb: Option<Duration>,
     /// From the engine's `usage` (JSON answer, or the final SSE chunk).
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
+    pub usage: Usage,
 }
 
 /// Stale pooled connections replaced per instance and request before the instance
@@ -69,41 +69,6 @@ const STALE_RETRIES: usize = 4;
 
 /// Largest JSON answer scanned for `usage`.
 const USAGE_SCAN_LIMIT: usize = 1024 * 1024;
-
-#[derive(serde::Deserialize)]
-struct UsageProbe {
-    #[serde(default)]
-    usage: Option<Usage>,
-}
-
-#[derive(serde::Deserialize)]
-struct Usage {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-}
-
-impl Outcome {
-    fn take_usage(&mut self, json: &[u8]) {
-        if let Ok(UsageProbe { usage: Some(u) }) = serde_json::from_slice::<UsageProbe>(json) {
-            self.prompt_tokens = u.prompt_tokens.or(self.prompt_tokens);
-            self.completion_tokens = u.completion_tokens.or(self.completion_tokens);
-        }
-    }
-
-    /// SSE: the `data:` lines of `chunk` that carry a `usage` object.
-    fn scan_sse(&mut self, chunk: &[u8]) {
-        if !chunk.windows(7).any(|w| w == b"\"usage\"") {
-            return;
-        }
-        for line in chunk.split(|b| *b == b'\n') {
-            if let Some(data) = line.strip_prefix(b"data: ") {
-                self.take_usage(data);
-            }
-        }
-    }
-}
 
 /// Why one attempt did not produce a response header.
 enum AttemptError {
@@ -332,6 +297,7 @@ impl Forwarder {
         };
         let is_sse = content_type("text/event-stream");
         let mut json_body = content_type("application/json").then(BytesMut::new);
+        let mut sse_usage = is_sse.then(SseUsage::default);
         let mut last_event: Option<Instant> = None;
         // Only streams have token timings: no label lookups for other answers.
         let stream_timers = is_sse.then(|| {
@@ -375,7 +341,9 @@ impl Forwarder {
                             Some(t) => gap.observe(t.elapsed().as_secs_f64()),
                         }
                         last_event = Some(Instant::now());
-                        out.scan_sse(&data);
+                        if let Some(u) = sse_usage.as_mut() {
+                            u.feed(&data);
+                        }
                     } else if let Some(buf) = json_body.as_mut() {
                         if buf.len() + data.len() <= USAGE_SCAN_LIMIT {
                             buf.extend_from_slice(&data);
@@ -425,7 +393,11 @@ impl Forwarder {
             inst.record_success();
         }
         if let Some(buf) = json_body {
-            out.take_usage(&buf);
+            out.usage.take_json(&buf);
+        }
+        if let Some(mut u) = sse_usage {
+            u.finish();
+            out.usage = u.usage;
         }
         let tokens = |kind: &str, n: Option<u64>| {
             if let Some(n) = n {
@@ -434,8 +406,8 @@ impl Forwarder {
                     .inc_by(n as f64);
             }
         };
-        tokens("prompt", out.prompt_tokens);
-        tokens("completion", out.completion_tokens);
+        tokens("prompt", out.usage.prompt_tokens);
+        tokens("completion", out.usage.completion_tokens);
         self.connector
             .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))
             .await;

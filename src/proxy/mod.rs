@@ -13,6 +13,7 @@ pub mod head;
 pub mod linger;
 mod request_body;
 mod routes;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -465,8 +466,8 @@ impl ProxyHttp for Router {
             status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             ttfb_ms: ctx.outcome.ttfb.map(|t| t.as_secs_f64() * 1000.0),
-            prompt_tokens: ctx.outcome.prompt_tokens,
-            completion_tokens: ctx.outcome.completion_tokens,
+            prompt_tokens: ctx.outcome.usage.prompt_tokens,
+            completion_tokens: ctx.outcome.usage.completion_tokens,
             failovers: &ctx.outcome.failovers,
             error: ctx
                 .error
