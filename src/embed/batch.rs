@@ -245,7 +245,11 @@ fn worker(
                 m.failed.inc();
                 load.failed.fetch_add(1, Ordering::AcqRel);
             }
-            let _ = job.reply.send(reply);
+            // The queue's count is given back before the answer goes out: a client that
+            // has its answer is never still counted as queued.
+            let Job { reply: tx, _held, .. } = job;
+            drop(_held);
+            let _ = tx.send(reply);
         }
     }
 }
