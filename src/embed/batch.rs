@@ -247,7 +247,9 @@ fn worker(
             }
             // The queue's count is given back before the answer goes out: a client that
             // has its answer is never still counted as queued.
-            let Job { reply: tx, _held, .. } = job;
+            let Job {
+                reply: tx, _held, ..
+            } = job;
             drop(_held);
             let _ = tx.send(reply);
         }
