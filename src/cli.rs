@@ -3,7 +3,7 @@
 //! Pingora's own options (`-d` daemon, `-u` upgrade, `-t` test, `-c` server conf) are
 //! flattened in, so the usual Pingora operations keep working.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -18,16 +18,17 @@ use pingora::services::ServiceReadyNotifier;
 use pingora::services::{ServiceHandle, ServiceWithDependents};
 use tracing::{info, warn};
 
+use crate::admin::AdminApp;
+use crate::balance::Registry;
 use crate::config::Config;
 use crate::daemon::ParentReadyGate;
 use crate::embed::service::{EmbedApp, EmbedLoader};
-use crate::proxy::drain::{DrainWatch, Draining};
+use crate::lifecycle::drain::{DrainWatch, Draining};
 use crate::proxy::guard::ConnGuard;
 use crate::proxy::linger::Lingering;
 use crate::proxy::Router;
-use crate::scrape::service::Scraper;
+use crate::scrape::poller::Poller;
 use crate::supervisor::Supervisor;
-use crate::telemetry::admin::AdminApp;
 
 pub use crate::lifecycle::EXIT_CONFIG;
 
@@ -205,6 +206,51 @@ impl Startup {
         h
     }
 
+    /// The background services (drain watch, instance poller, SIGHUP, engine supervisor),
+    /// the co-hosted embedding service and the admin listener. Returns the number of
+    /// engines supervised and of instances whose metrics are polled.
+    fn services(
+        &mut self,
+        config: &Config,
+        registry: &Registry,
+        draining: &Draining,
+    ) -> Result<(usize, usize), String> {
+        let server = &mut self.server;
+        let hosts_embeddings = config.embedding.as_ref().is_some_and(|o| o.managed);
+        let poller = Poller::new(registry, &config.balancer, hosts_embeddings);
+        let hosted_listening = poller.hosted_listening();
+        let supervisor = Supervisor::new(config, registry, server.watch_execution_phase());
+        let counts = (supervisor.engine_count(), poller.target_count());
+        let phases = server.watch_execution_phase();
+        server.add_service(background_service(
+            "drain watch",
+            DrainWatch::new(phases, draining.clone()),
+        ));
+        server.add_service(background_service("instance poller", poller));
+        server.add_service(background_service(
+            "SIGHUP: reopen logs",
+            crate::telemetry::Hangup,
+        ));
+        // Engines adopted (or started) before the old router is told to leave.
+        self.prerequisite(background_service("engine supervisor", supervisor));
+        if let Some(e) = self.embedding(config)? {
+            // Its instances are checked once the co-hosted embedding service listens.
+            let gate = self.server.add_service(background_service(
+                "embedding service listening",
+                hosted_listening,
+            ));
+            gate.add_dependency(&e);
+        }
+        if let Some(addr) = config.router.admin_listen {
+            let app = AdminApp::new(registry.clone(), draining.clone());
+            let mut admin = Service::new("admin listener".to_string(), HttpServer::new_app(app));
+            admin.threads = Some(1);
+            self.listener(admin, addr);
+            info!(listen = %addr, "admin listener (/metrics, /health)");
+        }
+        Ok(counts)
+    }
+
     /// The co-hosted embedding service, when this process serves it (`embedding_server`
     /// present and not `managed: false`): its model loader (a prerequisite) and its
     /// listener. Returns the listener's handle.
@@ -212,16 +258,7 @@ impl Startup {
         let Some(opts) = config.embedding.as_ref().filter(|o| o.managed) else {
             return Ok(None);
         };
-        let addr = (opts.host.as_str(), opts.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("embedding_server.host `{}`: {e}", opts.host))?
-            .min_by_key(|a| !a.is_ipv4())
-            .ok_or_else(|| {
-                format!(
-                    "embedding_server.host `{}` resolves to no address",
-                    opts.host
-                )
-            })?;
+        let addr = crate::http::client::resolve("embedding_server.host", &opts.host, opts.port)?;
         let app = EmbedApp::default();
         let loader = self.prerequisite(background_service(
             "embedding models",
@@ -289,7 +326,7 @@ impl BackgroundService for Commit {
 }
 
 /// The one place a running router exits on its own: a service reported that the start
-/// cannot succeed (e.g. a model that does not load). The exit hooks put back what the
+/// cannot succeed (e.g. a model that does not load), or a drained process is done. The exit hooks put back what the
 /// abandoned start changed.
 struct FailureWatch;
 
@@ -297,8 +334,12 @@ struct FailureWatch;
 impl BackgroundService for FailureWatch {
     async fn start(&self, _: ShutdownWatch) {
         let f = crate::lifecycle::failed().await;
-        tracing::error!("{}", f.message);
-        eprintln!("error: {}", f.message);
+        if f.code == 0 {
+            tracing::info!("{}", f.message);
+        } else {
+            tracing::error!("{}", f.message);
+            eprintln!("error: {}", f.message);
+        }
         std::process::exit(f.code);
     }
 }
@@ -353,45 +394,13 @@ fn run(cli: Cli, path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let server = &mut start.server;
-    let scraper = Scraper::new(router.registry(), &config.balancer);
-    let supervisor = Supervisor::new(&config, router.registry(), server.watch_execution_phase());
-    let engines = supervisor.engine_count();
-    let scrape_targets = scraper.target_count();
-    let health = router.registry().health_services();
-    let phases = server.watch_execution_phase();
-    server.add_service(background_service(
-        "drain watch",
-        DrainWatch::new(phases, draining.clone()),
-    ));
-    server.add_service(background_service("metrics scraper", scraper));
-    server.add_service(background_service(
-        "SIGHUP: reopen logs",
-        crate::telemetry::Hangup,
-    ));
-    // Engines adopted (or started) before the old router is told to leave.
-    start.prerequisite(background_service("engine supervisor", supervisor));
-    let embed = match start.embedding(&config) {
-        Ok(e) => e,
+    let (engines, scrape_targets) = match start.services(&config, router.registry(), &draining) {
+        Ok(counts) => counts,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_CONFIG;
         }
     };
-    for h in health {
-        let handle = start.server.add_service(h);
-        // Health checks start once the co-hosted embedding service listens.
-        if let Some(e) = &embed {
-            handle.add_dependency(e);
-        }
-    }
-    if let Some(addr) = config.router.admin_listen {
-        let app = AdminApp::new(router.registry().clone(), draining);
-        let mut admin = Service::new("admin listener".to_string(), HttpServer::new_app(app));
-        admin.threads = Some(1);
-        start.listener(admin, addr);
-        info!(listen = %addr, "admin listener (/metrics, /health)");
-    }
     let connections = router.connections();
     let proxy = ConnGuard::new(
         Lingering::new(http_proxy(&start.server.configuration, router)),

@@ -4,11 +4,14 @@
 //! (instances and the choice among them), [`proxy`] (the Pingora `ProxyHttp` service),
 //! [`telemetry`] (logs), [`cli`] (command line and server start-up).
 
+pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod embed;
+pub mod hash;
+pub mod http;
 pub mod lifecycle;
 pub mod proxy;
 pub mod scrape;

@@ -220,6 +220,31 @@ async fn strict_router(m: &MockVllm, extra: &str) -> RouterProc {
     .await
 }
 
+/// Waits until the router counts `n` open client connections, the probe's own included
+/// (`llm_router_connections`, read on a fresh connection each time).
+fn wait_for_connections(port: u16, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        let _ = s.read_to_string(&mut page);
+        let open = page
+            .lines()
+            .find_map(|l| l.strip_prefix("llm_router_connections "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if open == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "router still counts {open:?} connections, not {n}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads until the server closes the connection; how long that took (None: still open
 /// after `limit`).
 fn closed_after(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
@@ -412,6 +437,8 @@ async fn connections_over_the_caps_are_closed_at_once() {
     let m = MockVllm::start("m").await;
     let r = strict_router(&m, "  connections: {max_per_ip: 3, max_total: 100}\n").await;
     let port = r.port;
+    // The readiness probe's keep-alive connection must be gone before the count starts.
+    wait_for_connections(port, 1);
     // Three connections, each answered once (so surely counted), kept open.
     let held: Vec<TcpStream> = (0..3)
         .map(|_| {

@@ -1,28 +1,25 @@
 //! The glue to `pingora-load-balancing`: each model is a `LoadBalancer` whose backends
-//! carry their [`Instance`] in `Backend::ext`, whose selection is our score-based
-//! [`ScoreSelection`], and whose health checks are the crate's `HttpHealthCheck` on
-//! `GET /health`.
+//! carry their [`Instance`] in `Backend::ext` and whose selection is our score-based
+//! [`ScoreSelection`].
 //!
-//! Boundary: the crate's health verdict is mirrored into our per-instance stats (via its
-//! health-change callback) rather than used as a filter, because we rank unhealthy
-//! instances last instead of refusing them (fail open), and because its `accept` callback
-//! is where the per-request exclusion of already tried instances happens.
+//! Boundary: the crate's own health checks are not used. Health is one verdict per
+//! instance, from the poller (see [`super::health`]), and part of the ranking rather than
+//! a filter: unhealthy instances are ranked last instead of refused (fail open). The
+//! crate's `accept` callback is where the per-request exclusion of already tried
+//! instances happens.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use pingora::http::RequestHeader;
-use pingora::lb::health_check::{HealthObserve, HttpHealthCheck};
 use pingora::lb::selection::{BackendIter, BackendSelection};
 use pingora::lb::Backend;
-use tracing::warn;
 
-use super::select::{mix, score, select, stable_hash, Candidate, Choice};
+use super::select::{score, select, Candidate, Choice};
 use super::stats::{now_ms, InstanceStats};
 use super::Instance;
 use crate::config::BalancerOptions;
+use crate::hash::{mix, stable_hash};
 
 /// A snapshot-free selector: it holds the backends in config order and reads their live
 /// stats at each selection.
@@ -118,35 +115,4 @@ impl BackendIter for ScoreIter {
         self.excluded[i] = true;
         self.sel.backends.get(i)
     }
-}
-
-/// Mirrors health-check verdicts into the instance's stats and logs each flip.
-struct HealthMirror;
-
-#[async_trait]
-impl HealthObserve for HealthMirror {
-    async fn observe(&self, target: &Backend, healthy: bool) {
-        if let Some(i) = target.ext.get::<Arc<Instance>>() {
-            i.stats().set_health(healthy);
-            if !healthy {
-                warn!(model = %i.model, instance = %i.id, url = %i.url, "health check failed: GET /health");
-            }
-            i.log_state_change(&i.snapshot());
-        }
-    }
-}
-
-/// `GET /health` expecting 200, over a reused connection, timing out with the scrape
-/// timeout.
-pub fn health_check(opts: &BalancerOptions) -> Box<HttpHealthCheck> {
-    let mut hc = HttpHealthCheck::new("localhost", false);
-    if let Ok(mut req) = RequestHeader::build("GET", b"/health", None) {
-        let _ = req.append_header("host", "localhost");
-        hc.req = req;
-    }
-    hc.reuse_connection = true;
-    hc.peer_template.options.connection_timeout = Some(opts.scrape_timeout);
-    hc.peer_template.options.read_timeout = Some(opts.scrape_timeout);
-    hc.health_changed_callback = Some(Box::new(HealthMirror));
-    Box::new(hc)
 }

@@ -2,31 +2,32 @@
 //!
 //! - [`select`]: the pure choice (score, tiers, policies) over a snapshot.
 //! - [`stats`]: lock-free per-instance state (in-flight, engine load, cooldown, health).
+//! - [`health`]: the one `/health` verdict per instance, written by the poller.
 //! - [`lb`]: the `pingora-load-balancing` integration (one `LoadBalancer` per model).
 //!
 //! [`InFlightGuard`] keeps the router's own in-flight count exact: it is released on drop,
 //! which is tied to the end of the streamed response body, a client hang-up or a failed
 //! attempt, whichever comes first.
 
+pub mod health;
 pub mod lb;
 pub mod select;
 pub mod stats;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
 use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
-use pingora::services::background::GenBackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::config::Engine;
 use crate::config::{BalancerOptions, Config, ModelConfig, ModelKind, RouterOptions};
-use crate::scrape::dialect::Engine;
+use crate::hash::stable_hash;
 use lb::ScoreSelection;
-use select::{score, stable_hash};
+use select::score;
 use stats::{now_ms, InstanceStats, Snapshot, State};
 
 /// One upstream server, with the live state the balancer reads.
@@ -47,6 +48,7 @@ pub struct Instance {
     /// scan over all instances stays in cache; this one's is at `index`.
     pub(crate) all_stats: Arc<[InstanceStats]>,
     opts: Arc<BalancerOptions>,
+    health: health::HealthSignal,
 }
 
 impl Instance {
@@ -229,14 +231,6 @@ impl Registry {
         Ok(())
     }
 
-    /// One background service per model: its `/health` checks.
-    pub fn health_services(&self) -> Vec<GenBackgroundService<LoadBalancer<ScoreSelection>>> {
-        self.models
-            .values()
-            .map(|m| GenBackgroundService::new(format!("BG health {}", m.name), m.lb.clone()))
-            .collect()
-    }
-
     /// Every instance with its live state, for `GET /v1/router/instances`.
     /// The `/v1/router/instances` answer: every instance's live state.
     pub fn instances_page(&self) -> Vec<u8> {
@@ -273,7 +267,7 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
     let mut instances = Vec::new();
     let mut backends = BTreeSet::new();
     for (index, i) in m.instances.iter().enumerate() {
-        let addr = resolve(&i.host, i.port)?;
+        let addr = crate::http::client::resolve("instance host", &i.host, i.port)?;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(router.connect_timeout);
         peer.options.total_connection_timeout = Some(router.connect_timeout);
@@ -288,19 +282,17 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
             peer,
             all_stats: all_stats.clone(),
             opts: opts.clone(),
+            health: Default::default(),
         });
         let mut b = Backend::new(&addr.to_string()).map_err(|e| e.to_string())?;
         b.ext.insert(inst.clone());
         backends.insert(b);
         instances.push(inst);
     }
-    let mut lb = LoadBalancer::<ScoreSelection>::from_backends_with_config(
+    let lb = LoadBalancer::<ScoreSelection>::from_backends_with_config(
         Backends::new(discovery::Static::new(backends)),
         Some((*opts).clone()),
     );
-    lb.set_health_check(lb::health_check(&opts));
-    lb.health_check_frequency = Some(opts.health_check_interval);
-    lb.parallel_health_check = true;
     Ok(Model {
         name: m.name.clone(),
         kind: m.kind,
@@ -310,21 +302,6 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
         instances,
         lb: Arc::new(lb),
     })
-}
-
-/// Resolves once, preferring IPv4: `localhost` often resolves to `::1` first while
-/// engines listen on `0.0.0.0` or `127.0.0.1`.
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve instance host `{host}`: {e}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
-        .ok_or_else(|| format!("host `{host}` resolves to no address"))
 }
 
 #[cfg(test)]

@@ -72,8 +72,10 @@ pub struct InstanceStats {
     running: AtomicU64,
     waiting: AtomicU64,
     kv_usage: AtomicU64,
-    /// Mirror of the `/health` check's verdict.
+    /// The last `/health` verdict (see `balance::health`); true until the first check.
     health_ok: AtomicBool,
+    /// [`now_ms`] at which the check behind `health_ok` began; 0 = none yet.
+    health_at: AtomicU64,
     /// The state last logged, so each change is logged once.
     logged_state: AtomicU8,
     /// Consecutive failures (passive or scrape), reset by a success.
@@ -107,6 +109,7 @@ impl Default for InstanceStats {
             process: AtomicU8::new(Process::Serving as u8),
             cooldown_until: AtomicU64::new(0),
             health_ok: AtomicBool::new(true),
+            health_at: AtomicU64::new(0),
             logged_state: AtomicU8::new(0),
         }
     }
@@ -127,17 +130,14 @@ pub struct Snapshot {
     pub failures: u32,
     /// Milliseconds of cooldown left.
     pub cooldown_left_ms: u64,
+    /// Where the selection ranks the instance (see [`InstanceStats::condition`]).
+    #[serde(skip)]
+    pub tier: Tier,
 }
 
 impl Snapshot {
     pub fn tier(&self) -> Tier {
-        match self.state {
-            State::Starting => Tier::Off,
-            State::Down => Tier::Down,
-            State::Cooldown => Tier::Cooldown,
-            State::Healthy if self.fresh => Tier::Fresh,
-            State::Healthy => Tier::Stale,
-        }
+        self.tier
     }
 
     /// The engine's inputs when fresh; `None` (unknown) when stale.
@@ -163,22 +163,38 @@ impl InstanceStats {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// The one derivation of an instance's condition, for display and for the selection
+    /// alike: the state `/v1/router/instances` shows and the tier the choice ranks by.
+    /// An engine that is starting or has exited is never chosen ([`Tier::Off`]); one
+    /// whose `/health` fails is chosen last ([`Tier::Down`], fail open); cooling down
+    /// next; then a healthy one, fresh metrics before stale ones.
+    pub fn condition(&self, now: u64, stale_after_ms: u64) -> (State, Tier) {
+        match self.process() {
+            Process::Starting => return (State::Starting, Tier::Off),
+            Process::Down => return (State::Down, Tier::Off),
+            Process::Serving => {}
+        }
+        if !self.health_ok.load(Ordering::Relaxed) {
+            return (State::Down, Tier::Down);
+        }
+        if self.cooldown_until.load(Ordering::Relaxed) > now {
+            return (State::Cooldown, Tier::Cooldown);
+        }
+        let scraped = self.scraped_at.load(Ordering::Relaxed);
+        if scraped == 0 || now.saturating_sub(scraped) > stale_after_ms {
+            return (State::Healthy, Tier::Stale);
+        }
+        (State::Healthy, Tier::Fresh)
+    }
+
     pub fn snapshot(&self, now: u64, stale_after: Duration) -> Snapshot {
         let scraped = self.scraped_at.load(Ordering::Relaxed);
         let age_ms = (scraped != 0).then(|| now.saturating_sub(scraped));
         let until = self.cooldown_until.load(Ordering::Relaxed);
-        let process = self.process.load(Ordering::Relaxed);
-        let state = if process == Process::Starting as u8 {
-            State::Starting
-        } else if process == Process::Down as u8 || !self.health_ok.load(Ordering::Relaxed) {
-            State::Down
-        } else if until > now {
-            State::Cooldown
-        } else {
-            State::Healthy
-        };
+        let (state, tier) = self.condition(now, stale_after.as_millis() as u64);
         Snapshot {
             state,
+            tier,
             in_flight: self.in_flight(),
             running: load_f64(&self.running),
             waiting: load_f64(&self.waiting),
@@ -199,25 +215,13 @@ impl InstanceStats {
         stale_after_ms: u64,
     ) -> (Tier, Option<LoadInputs>, usize) {
         let in_flight = self.in_flight();
-        if self.process.load(Ordering::Relaxed) != Process::Serving as u8 {
-            return (Tier::Off, None, in_flight);
-        }
-        if !self.health_ok.load(Ordering::Relaxed) {
-            return (Tier::Down, None, in_flight);
-        }
-        if self.cooldown_until.load(Ordering::Relaxed) > now {
-            return (Tier::Cooldown, None, in_flight);
-        }
-        let scraped = self.scraped_at.load(Ordering::Relaxed);
-        if scraped == 0 || now.saturating_sub(scraped) > stale_after_ms {
-            return (Tier::Stale, None, in_flight);
-        }
-        let load = LoadInputs {
+        let (_, tier) = self.condition(now, stale_after_ms);
+        let load = (tier == Tier::Fresh).then(|| LoadInputs {
             waiting: load_f64(&self.waiting),
             running: load_f64(&self.running),
             kv_usage: load_f64(&self.kv_usage),
-        };
-        (Tier::Fresh, Some(load), in_flight)
+        });
+        (tier, load, in_flight)
     }
 
     /// Records a successful scrape.
@@ -271,6 +275,21 @@ impl InstanceStats {
         self.health_ok.store(ok, Ordering::Relaxed);
     }
 
+    /// A `/health` verdict from a check begun at `started_at`.
+    pub fn set_health_checked(&self, ok: bool, started_at: u64) {
+        self.health_ok.store(ok, Ordering::Relaxed);
+        self.health_at.fetch_max(started_at, Ordering::Relaxed);
+    }
+
+    pub fn health_ok(&self) -> bool {
+        self.health_ok.load(Ordering::Relaxed)
+    }
+
+    /// When the check behind the current verdict began ([`now_ms`]; 0: never checked).
+    pub fn health_checked_at(&self) -> u64 {
+        self.health_at.load(Ordering::Relaxed)
+    }
+
     /// Returns the previous state if `state` differs from the last one logged (so the
     /// caller logs each change once); the first observation of `Healthy` is silent.
     pub fn note_state(&self, state: State) -> Option<Option<State>> {
@@ -320,6 +339,32 @@ mod tests {
         assert_eq!(s.snapshot(9000, stale).tier(), Tier::Stale);
         s.set_health(false);
         assert_eq!(s.snapshot(7000, stale).tier(), Tier::Down);
+    }
+
+    /// Display and selection read the same condition: an engine that has exited is shown
+    /// down and never chosen; one whose `/health` fails is shown down and chosen last.
+    #[test]
+    fn display_and_selection_agree() {
+        let s = InstanceStats::default();
+        let stale = Duration::from_secs(3);
+        let both = |s: &InstanceStats| {
+            let snap = s.snapshot(5000, stale);
+            let (tier, _, _) = s.candidate_inputs(5000, 3000);
+            assert_eq!(snap.tier(), tier);
+            (snap.state, tier)
+        };
+        s.record_load(LoadInputs::default(), None, 4000);
+        assert_eq!(both(&s), (State::Healthy, Tier::Fresh));
+        s.set_process(Process::Down);
+        assert_eq!(both(&s), (State::Down, Tier::Off));
+        s.set_process(Process::Starting);
+        assert_eq!(both(&s), (State::Starting, Tier::Off));
+        s.set_process(Process::Serving);
+        s.set_health(false);
+        assert_eq!(both(&s), (State::Down, Tier::Down));
+        s.set_health(true);
+        s.record_failure(&BalancerOptions::default(), 5000);
+        assert_eq!(both(&s), (State::Cooldown, Tier::Cooldown));
     }
 
     #[test]

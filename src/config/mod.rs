@@ -12,6 +12,7 @@
 mod error;
 mod raw;
 mod validate;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use values::{valid_log_level, AccessLogFormat, Engine, Pooling};
 
 /// Where `make models` puts ONNX Runtime, relative to the config file's directory.
 pub const DEFAULT_ONNXRUNTIME_PATH: &str = "models/onnxruntime/libonnxruntime.so.1.31.1";
@@ -60,7 +62,7 @@ pub struct RouterOptions {
     /// `Retry-After` seconds sent with a 503. Default 1.
     pub retry_after_s: u64,
     /// Access log format: `logfmt` (default), `json` or `off`.
-    pub access_log: crate::telemetry::access::AccessLogFormat,
+    pub access_log: AccessLogFormat,
     /// Access log file (appended; reopened on SIGHUP, for logrotate). Default: stdout,
     /// which a daemon (`-d`) does not have.
     pub access_log_file: Option<PathBuf>,
@@ -387,7 +389,7 @@ pub struct ModelConfig {
     pub engine_flags: IndexMap<String, serde_yaml::Value>,
     /// Metrics dialect, when set in the config (else detected).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub engine: Option<crate::scrape::dialect::Engine>,
+    pub engine: Option<Engine>,
     pub balancer: BalancerOptions,
     /// Engine launch: command prefix (`model_tag`, `--host`, `--port` and the flags follow).
     pub command: Vec<String>,
@@ -410,7 +412,7 @@ pub struct EmbedModelSettings {
     pub use_float16: bool,
     /// `cls` or `mean`; default: the model folder's sentence-transformers config, else cls.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pooling: Option<crate::embed::model::Pooling>,
+    pub pooling: Option<Pooling>,
     /// L2-normalize embeddings. Default true.
     pub normalize: bool,
     /// Further keys, ignored.

@@ -38,7 +38,7 @@ pub struct RawLlmModel {
     pub served_model_name: Option<String>,
     /// Metrics dialect; detected from the `/metrics` page when absent.
     #[serde(default)]
-    pub engine: Option<crate::scrape::dialect::Engine>,
+    pub engine: Option<super::Engine>,
     #[serde(default)]
     pub balancer: Option<RawBalancer>,
     /// Launch command prefix (default `vllm serve`); `model_tag` and flags follow.
@@ -161,7 +161,7 @@ pub struct RawEmbedModel {
     #[serde(default)]
     pub use_float16: bool,
     #[serde(default)]
-    pub pooling: Option<crate::embed::model::Pooling>,
+    pub pooling: Option<super::Pooling>,
     #[serde(default)]
     pub normalize: Option<bool>,
     #[serde(flatten)]
@@ -182,7 +182,7 @@ pub struct RawRouter {
     pub max_buffered_body_bytes: Option<u64>,
     pub max_attempts: Option<usize>,
     pub retry_after_s: Option<u64>,
-    pub access_log: Option<crate::telemetry::access::AccessLogFormat>,
+    pub access_log: Option<super::AccessLogFormat>,
     pub access_log_file: Option<String>,
     pub log_level: Option<String>,
     pub admin_listen: Option<String>,

@@ -247,7 +247,7 @@ fn balancer_defaults_global_and_per_model_overrides() {
     );
     assert_eq!(m.balancer.cooldown, std::time::Duration::from_secs(10));
     let n = &c.models[1];
-    assert_eq!(n.engine, Some(crate::scrape::dialect::Engine::Sglang));
+    assert_eq!(n.engine, Some(Engine::Sglang));
     assert_eq!(n.balancer.policy, Policy::SessionAffinity);
     assert_eq!(n.balancer.weights.waiting, 20.0, "global value kept");
     assert_eq!(n.balancer.weights.kv_cache, 50.0, "own value wins");

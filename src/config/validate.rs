@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{
-    RawBalancer, RawCommand, RawCudaDevice, RawEmbeddingServer, RawFile, RawRouter, RawSupervisor,
+    RawBalancer, RawCommand, RawCudaDevice, RawEmbedModel, RawEmbeddingServer, RawFile,
+    RawInstance, RawLlmModel, RawRouter, RawSupervisor,
 };
 use super::{
     AffinityKey, BalancerOptions, Config, ConfigError, ConfigErrors, CudaDevices,
@@ -43,6 +44,8 @@ struct Checker<'a> {
     /// to it, never to the working directory (`-d` changes that to `/`).
     base: PathBuf,
     errors: Vec<ConfigError>,
+    /// Unknown keys: reported, not fatal.
+    warnings: Vec<String>,
 }
 
 /// The absolute directory of `file`, against which its relative paths resolve.
@@ -52,6 +55,21 @@ fn base_dir(file: &Path) -> PathBuf {
 }
 
 impl Checker<'_> {
+    /// Every key of `unknown` as "`base.key`: unknown key, ignored".
+    fn unknown_keys<V>(&mut self, base: &str, unknown: &indexmap::IndexMap<String, V>) {
+        for key in unknown.keys() {
+            let key = if base.is_empty() {
+                key.clone()
+            } else {
+                format!("{base}.{key}")
+            };
+            self.warnings.push(format!(
+                "{}: {key}: unknown key, ignored",
+                self.file.display()
+            ));
+        }
+    }
+
     /// `p` as written in the file, resolved against the file's directory.
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
@@ -156,125 +174,25 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         file,
         base: base_dir(file),
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    let mut warnings = Vec::new();
     for key in raw.unknown.keys() {
-        warnings.push(format!(
+        c.warnings.push(format!(
             "{}: {key}: unknown top-level key, ignored (known: LLM_engines, embedding_server, router)",
             file.display()
         ));
     }
-
     let router = resolve_router(&mut c, raw.router);
     let supervisor = resolve_supervisor(&mut c, raw.supervisor);
     let balancer = resolve_balancer(&mut c, "balancer", &raw.balancer, &RawBalancer::default());
     let mut models = Vec::new();
-
     for (name, m) in raw.llm_engines {
-        let base = format!("LLM_engines.{name}");
-        for key in m.unknown.keys() {
-            warnings.push(format!(
-                "{}: {base}.{key}: unknown key, ignored",
-                file.display()
-            ));
-        }
-        if m.instances.is_empty() {
-            c.err(
-                format!("{base}.instances"),
-                "a model needs at least one instance",
-            );
-        }
-        if m.model_config.model_tag.trim().is_empty() {
-            c.err(
-                format!("{base}.model_config.model_tag"),
-                "must not be empty",
-            );
-        }
-        let mut instances = Vec::new();
-        for (i, inst) in m.instances.into_iter().enumerate() {
-            let key = format!("{base}.instances[{i}]");
-            for k in inst.unknown.keys() {
-                warnings.push(format!(
-                    "{}: {key}.{k}: unknown key, ignored",
-                    file.display()
-                ));
-            }
-            if inst.id.trim().is_empty() {
-                c.err(format!("{key}.id"), "must not be empty");
-            }
-            if inst.host.trim().is_empty() {
-                c.err(format!("{key}.host"), "must not be empty");
-            }
-            let port = c.port(format!("{key}.port"), inst.port);
-            let cuda_device = c.cuda(format!("{key}.cuda_device"), inst.cuda_device);
-            instances.push(InstanceConfig {
-                id: inst.id,
-                host: inst.host,
-                port,
-                cuda_device,
-                managed: inst.managed.unwrap_or(true),
-                env: inst.env,
-            });
-        }
-        let model_balancer = match &m.balancer {
-            None => balancer.clone(),
-            Some(own) => {
-                for (set, k) in [
-                    (own.poll_interval_s.is_some(), "poll_interval_s"),
-                    (own.scrape_timeout_s.is_some(), "scrape_timeout_s"),
-                    (
-                        own.health_check_interval_s.is_some(),
-                        "health_check_interval_s",
-                    ),
-                ] {
-                    if set {
-                        c.err(
-                            format!("{base}.balancer.{k}"),
-                            "can only be set in the global `balancer:` section",
-                        );
-                    }
-                }
-                resolve_balancer(&mut c, &format!("{base}.balancer"), own, &raw.balancer)
-            }
-        };
-        check_tensor_parallel(&mut c, &base, &m.model_config.flags, &instances);
-        let mut command = match m.command {
-            None => vec!["vllm".to_string(), "serve".to_string()],
-            Some(RawCommand::Line(l)) => l.split_whitespace().map(str::to_string).collect(),
-            Some(RawCommand::Argv(v)) => v,
-        };
-        c.program(&mut command);
-        if command.is_empty() {
-            c.err(format!("{base}.command"), "must name a program");
-        }
-        let tag = m.model_config.model_tag;
-        models.push(ModelConfig {
-            engine: m.engine,
-            command,
-            env: m.env,
-            balancer: model_balancer,
-            served_name: m.served_model_name.unwrap_or_else(|| tag.clone()),
-            name,
-            kind: ModelKind::Llm,
-            model_tag: Some(tag),
-            instances,
-            engine_flags: m.model_config.flags,
-            embed: None,
-        });
+        let m = resolve_llm(&mut c, name, m, &balancer, &raw.balancer);
+        models.push(m);
     }
-
-    let mut embedding = None;
-    if let Some(es) = raw.embedding_server {
-        resolve_embedding(
-            &mut c,
-            es,
-            &balancer,
-            &mut embedding,
-            &mut models,
-            &mut warnings,
-        );
-    }
-
+    let embedding = raw
+        .embedding_server
+        .map(|es| resolve_embedding(&mut c, es, &balancer, &mut models));
     if models.is_empty() {
         c.err(
             "",
@@ -282,7 +200,6 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         );
     }
     check_unique(&mut c, &models);
-
     if c.errors.is_empty() {
         Ok(Config {
             source: file.to_path_buf(),
@@ -291,11 +208,120 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
             supervisor,
             embedding,
             models,
-            warnings,
+            warnings: c.warnings,
         })
     } else {
         Err(ConfigErrors(c.errors))
     }
+}
+
+/// One `LLM_engines` entry.
+fn resolve_llm(
+    c: &mut Checker<'_>,
+    name: String,
+    m: RawLlmModel,
+    balancer: &BalancerOptions,
+    raw_balancer: &RawBalancer,
+) -> ModelConfig {
+    let base = format!("LLM_engines.{name}");
+    c.unknown_keys(&base, &m.unknown);
+    if m.instances.is_empty() {
+        c.err(
+            format!("{base}.instances"),
+            "a model needs at least one instance",
+        );
+    }
+    if m.model_config.model_tag.trim().is_empty() {
+        c.err(
+            format!("{base}.model_config.model_tag"),
+            "must not be empty",
+        );
+    }
+    let instances: Vec<InstanceConfig> = m
+        .instances
+        .into_iter()
+        .enumerate()
+        .map(|(i, inst)| resolve_instance(c, &format!("{base}.instances[{i}]"), inst))
+        .collect();
+    let model_balancer = match &m.balancer {
+        None => balancer.clone(),
+        Some(own) => model_balancer(c, &base, own, raw_balancer),
+    };
+    check_tensor_parallel(c, &base, &m.model_config.flags, &instances);
+    let command = resolve_command(c, &base, m.command);
+    let tag = m.model_config.model_tag;
+    ModelConfig {
+        engine: m.engine,
+        command,
+        env: m.env,
+        balancer: model_balancer,
+        served_name: m.served_model_name.unwrap_or_else(|| tag.clone()),
+        name,
+        kind: ModelKind::Llm,
+        model_tag: Some(tag),
+        instances,
+        engine_flags: m.model_config.flags,
+        embed: None,
+    }
+}
+
+fn resolve_instance(c: &mut Checker<'_>, key: &str, inst: RawInstance) -> InstanceConfig {
+    c.unknown_keys(key, &inst.unknown);
+    if inst.id.trim().is_empty() {
+        c.err(format!("{key}.id"), "must not be empty");
+    }
+    if inst.host.trim().is_empty() {
+        c.err(format!("{key}.host"), "must not be empty");
+    }
+    let port = c.port(format!("{key}.port"), inst.port);
+    let cuda_device = c.cuda(format!("{key}.cuda_device"), inst.cuda_device);
+    InstanceConfig {
+        id: inst.id,
+        host: inst.host,
+        port,
+        cuda_device,
+        managed: inst.managed.unwrap_or(true),
+        env: inst.env,
+    }
+}
+
+/// A model's own `balancer:` over the global one; the polling cadence is global only.
+fn model_balancer(
+    c: &mut Checker<'_>,
+    base: &str,
+    own: &RawBalancer,
+    global: &RawBalancer,
+) -> BalancerOptions {
+    for (set, k) in [
+        (own.poll_interval_s.is_some(), "poll_interval_s"),
+        (own.scrape_timeout_s.is_some(), "scrape_timeout_s"),
+        (
+            own.health_check_interval_s.is_some(),
+            "health_check_interval_s",
+        ),
+    ] {
+        if set {
+            c.err(
+                format!("{base}.balancer.{k}"),
+                "can only be set in the global `balancer:` section",
+            );
+        }
+    }
+    resolve_balancer(c, &format!("{base}.balancer"), own, global)
+}
+
+/// The engine command: `vllm serve` unless given (a line or an argv list).
+fn resolve_command(c: &mut Checker<'_>, base: &str, raw: Option<RawCommand>) -> Vec<String> {
+    let mut command = match raw {
+        None => vec!["vllm".to_string(), "serve".to_string()],
+        Some(RawCommand::Line(l)) => l.split_whitespace().map(str::to_string).collect(),
+        Some(RawCommand::Argv(v)) => v,
+    };
+    c.program(&mut command);
+    if command.is_empty() {
+        c.err(format!("{base}.command"), "must name a program");
+    }
+    command
 }
 
 /// Resolves `own` (falling back key by key to `parent`, then to the defaults).
@@ -307,32 +333,7 @@ fn resolve_balancer(
 ) -> BalancerOptions {
     let d = BalancerOptions::default();
     let pick = |a: Option<f64>, b: Option<f64>| a.or(b);
-    let (ow, pw) = (
-        own.weights.clone().unwrap_or_default(),
-        parent.weights.clone().unwrap_or_default(),
-    );
-    let weights = super::Weights {
-        waiting: c.weight(
-            format!("{base}.weights.waiting"),
-            pick(ow.waiting, pw.waiting),
-            d.weights.waiting,
-        ),
-        running: c.weight(
-            format!("{base}.weights.running"),
-            pick(ow.running, pw.running),
-            d.weights.running,
-        ),
-        kv_cache: c.weight(
-            format!("{base}.weights.kv_cache"),
-            pick(ow.kv_cache, pw.kv_cache),
-            d.weights.kv_cache,
-        ),
-        in_flight: c.weight(
-            format!("{base}.weights.in_flight"),
-            pick(ow.in_flight, pw.in_flight),
-            d.weights.in_flight,
-        ),
-    };
+    let weights = resolve_weights(c, base, own, parent);
     let poll_interval = c.secs(
         &format!("{base}.poll_interval_s"),
         pick(own.poll_interval_s, parent.poll_interval_s),
@@ -355,22 +356,7 @@ fn resolve_balancer(
             "must not be below cooldown_s",
         );
     }
-    let affinity_key = match own.affinity_key.as_ref().or(parent.affinity_key.as_ref()) {
-        None => d.affinity_key.clone(),
-        Some(k) => match k.split_once(':') {
-            Some(("header", h)) if http::HeaderName::from_bytes(h.trim().as_bytes()).is_ok() => {
-                AffinityKey::Header(h.trim().to_ascii_lowercase())
-            }
-            Some(("body", "user")) => AffinityKey::BodyUser,
-            _ => {
-                c.err(
-                    format!("{base}.affinity_key"),
-                    format!("`{k}` is neither `header:NAME` nor `body:user`"),
-                );
-                d.affinity_key.clone()
-            }
-        },
-    };
+    let affinity_key = resolve_affinity_key(c, base, own, parent);
     BalancerOptions {
         policy: own.policy.or(parent.policy).unwrap_or(d.policy),
         weights,
@@ -398,6 +384,69 @@ fn resolve_balancer(
             pick(own.affinity_max_score, parent.affinity_max_score),
             d.affinity_max_score,
         ),
+    }
+}
+
+/// `weights:` of a balancer section, key by key over `parent`'s.
+fn resolve_weights(
+    c: &mut Checker<'_>,
+    base: &str,
+    own: &RawBalancer,
+    parent: &RawBalancer,
+) -> super::Weights {
+    let d = BalancerOptions::default();
+    let pick = |a: Option<f64>, b: Option<f64>| a.or(b);
+    let (ow, pw) = (
+        own.weights.clone().unwrap_or_default(),
+        parent.weights.clone().unwrap_or_default(),
+    );
+    super::Weights {
+        waiting: c.weight(
+            format!("{base}.weights.waiting"),
+            pick(ow.waiting, pw.waiting),
+            d.weights.waiting,
+        ),
+        running: c.weight(
+            format!("{base}.weights.running"),
+            pick(ow.running, pw.running),
+            d.weights.running,
+        ),
+        kv_cache: c.weight(
+            format!("{base}.weights.kv_cache"),
+            pick(ow.kv_cache, pw.kv_cache),
+            d.weights.kv_cache,
+        ),
+        in_flight: c.weight(
+            format!("{base}.weights.in_flight"),
+            pick(ow.in_flight, pw.in_flight),
+            d.weights.in_flight,
+        ),
+    }
+}
+
+/// `affinity_key:` (`header:NAME` or `body:user`), own over `parent`'s.
+fn resolve_affinity_key(
+    c: &mut Checker<'_>,
+    base: &str,
+    own: &RawBalancer,
+    parent: &RawBalancer,
+) -> AffinityKey {
+    let d = BalancerOptions::default();
+    match own.affinity_key.as_ref().or(parent.affinity_key.as_ref()) {
+        None => d.affinity_key.clone(),
+        Some(k) => match k.split_once(':') {
+            Some(("header", h)) if http::HeaderName::from_bytes(h.trim().as_bytes()).is_ok() => {
+                AffinityKey::Header(h.trim().to_ascii_lowercase())
+            }
+            Some(("body", "user")) => AffinityKey::BodyUser,
+            _ => {
+                c.err(
+                    format!("{base}.affinity_key"),
+                    format!("`{k}` is neither `header:NAME` nor `body:user`"),
+                );
+                d.affinity_key.clone()
+            }
+        },
     }
 }
 
@@ -473,7 +522,7 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
     let d = RouterOptions::default();
     let (listen, admin_listen) = router_listeners(c, &r, d.listen);
     let log_level = r.log_level.clone().unwrap_or_else(|| d.log_level.clone());
-    if let Err(e) = crate::telemetry::valid_log_level(&log_level) {
+    if let Err(e) = super::valid_log_level(&log_level) {
         c.err(
             "router.log_level",
             format!(
@@ -638,16 +687,9 @@ fn resolve_embedding(
     c: &mut Checker<'_>,
     es: RawEmbeddingServer,
     balancer: &BalancerOptions,
-    embedding: &mut Option<super::EmbedServerOptions>,
     models: &mut Vec<ModelConfig>,
-    warnings: &mut Vec<String>,
-) {
-    for key in es.unknown.keys() {
-        warnings.push(format!(
-            "{}: embedding_server.{key}: unknown key, ignored",
-            c.file.display()
-        ));
-    }
+) -> super::EmbedServerOptions {
+    c.unknown_keys("embedding_server", &es.unknown);
     let port = c.port("embedding_server.port".into(), es.port);
     for (k, v) in [
         ("max_batch_tokens", es.max_batch_tokens),
@@ -661,28 +703,7 @@ fn resolve_embedding(
             c.err(format!("embedding_server.{k}"), "must be at least 1");
         }
     }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    // The key is relative to the config file; the environment variable to where the
-    // router was started (it comes from the shell, not the file).
-    let onnxruntime_path = match (&es.onnxruntime_path, std::env::var("ORT_DYLIB_PATH")) {
-        (Some(p), _) => c.path(p),
-        (None, Ok(p)) if !p.is_empty() => std::path::absolute(&p).unwrap_or_else(|_| p.into()),
-        _ => c.path(super::DEFAULT_ONNXRUNTIME_PATH),
-    };
-    *embedding = Some(super::EmbedServerOptions {
-        host: es.host.clone(),
-        port,
-        managed: es.managed.unwrap_or(true),
-        onnxruntime_path,
-        max_batch_tokens: es.max_batch_tokens.unwrap_or(16384).max(1),
-        max_batch_size: es.max_batch_size.unwrap_or(64).max(1),
-        max_queue: es.max_queue.unwrap_or(256).max(1),
-        max_queue_tokens: es.max_queue_tokens.unwrap_or(262_144).max(1),
-        max_client_batch_size: es.max_client_batch_size.unwrap_or(512).max(1),
-        threads: es.threads.unwrap_or(cores).max(1),
-    });
+    let opts = embed_server_options(c, &es, port);
     let cuda_device = c.cuda("embedding_server.cuda_device".into(), es.cuda_device);
     let groups = [
         (
@@ -694,42 +715,87 @@ fn resolve_embedding(
     ];
     for (section, kind, map) in groups {
         for (name, m) in map {
-            if m.model_path.trim().is_empty() {
-                c.err(
-                    format!("embedding_server.{section}.{name}.model_path"),
-                    "must not be empty",
-                );
-            }
-            models.push(ModelConfig {
-                engine: None,
-                command: Vec::new(),
-                env: Default::default(),
-                balancer: balancer.clone(),
-                served_name: name.clone(),
-                instances: vec![InstanceConfig {
-                    id: format!("embed:{name}"),
-                    host: es.host.clone(),
-                    port,
-                    cuda_device: cuda_device.clone(),
-                    managed: false,
-                    env: Default::default(),
-                }],
-                name,
-                kind,
-                model_tag: m.model_name,
-                engine_flags: Default::default(),
-                embed: Some(EmbedModelSettings {
-                    model_path: c.path(&m.model_path).display().to_string(),
-                    tokenizer_path: m.tokenizer_path.map(|t| c.path(&t).display().to_string()),
-                    max_length: m.max_length,
-                    use_gpu: m.use_gpu,
-                    use_float16: m.use_float16,
-                    pooling: m.pooling,
-                    normalize: m.normalize.unwrap_or(true),
-                    extra: m.extra,
-                }),
-            });
+            let key = format!("embedding_server.{section}.{name}");
+            let server = (es.host.as_str(), port, &cuda_device);
+            models.push(embed_model(c, &key, name, kind, m, server, balancer));
         }
+    }
+    opts
+}
+
+/// One embedding or reranking model: a single-instance model on the embedding server
+/// (`server`: its host, port and GPUs).
+fn embed_model(
+    c: &mut Checker<'_>,
+    key: &str,
+    name: String,
+    kind: ModelKind,
+    m: RawEmbedModel,
+    server: (&str, u16, &Option<CudaDevices>),
+    balancer: &BalancerOptions,
+) -> ModelConfig {
+    if m.model_path.trim().is_empty() {
+        c.err(format!("{key}.model_path"), "must not be empty");
+    }
+    let (host, port, cuda_device) = server;
+    ModelConfig {
+        engine: None,
+        command: Vec::new(),
+        env: Default::default(),
+        balancer: balancer.clone(),
+        served_name: name.clone(),
+        instances: vec![InstanceConfig {
+            id: format!("embed:{name}"),
+            host: host.to_string(),
+            port,
+            cuda_device: cuda_device.clone(),
+            managed: false,
+            env: Default::default(),
+        }],
+        name,
+        kind,
+        model_tag: m.model_name,
+        engine_flags: Default::default(),
+        embed: Some(EmbedModelSettings {
+            model_path: c.path(&m.model_path).display().to_string(),
+            tokenizer_path: m.tokenizer_path.map(|t| c.path(&t).display().to_string()),
+            max_length: m.max_length,
+            use_gpu: m.use_gpu,
+            use_float16: m.use_float16,
+            pooling: m.pooling,
+            normalize: m.normalize.unwrap_or(true),
+            extra: m.extra,
+        }),
+    }
+}
+
+/// The embedding server's own settings (limits, ONNX Runtime).
+fn embed_server_options(
+    c: &mut Checker<'_>,
+    es: &RawEmbeddingServer,
+    port: u16,
+) -> super::EmbedServerOptions {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    // The key is relative to the config file; the environment variable to where the
+    // router was started (it comes from the shell, not the file).
+    let onnxruntime_path = match (&es.onnxruntime_path, std::env::var("ORT_DYLIB_PATH")) {
+        (Some(p), _) => c.path(p),
+        (None, Ok(p)) if !p.is_empty() => std::path::absolute(&p).unwrap_or_else(|_| p.into()),
+        _ => c.path(super::DEFAULT_ONNXRUNTIME_PATH),
+    };
+    super::EmbedServerOptions {
+        host: es.host.clone(),
+        port,
+        managed: es.managed.unwrap_or(true),
+        onnxruntime_path,
+        max_batch_tokens: es.max_batch_tokens.unwrap_or(16384).max(1),
+        max_batch_size: es.max_batch_size.unwrap_or(64).max(1),
+        max_queue: es.max_queue.unwrap_or(256).max(1),
+        max_queue_tokens: es.max_queue_tokens.unwrap_or(262_144).max(1),
+        max_client_batch_size: es.max_client_batch_size.unwrap_or(512).max(1),
+        threads: es.threads.unwrap_or(cores).max(1),
     }
 }
 

@@ -10,13 +10,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
-/// How token vectors become one sentence vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    Cls,
-    Mean,
-}
+pub use crate::config::Pooling;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -215,44 +209,99 @@ pub struct OutOfVocabulary {
     pub vocab: usize,
 }
 
-impl super::batch::Backend for OnnxModel {
-    /// Runs one batch: sentence vectors (embedders) or one logit per item (rerankers).
-    fn run(&self, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>, String> {
-        let b = batch.len();
+/// A batch as the model takes it: every item padded to the longest, row-major.
+struct Padded {
+    rows: usize,
+    seq: usize,
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    types: Vec<i64>,
+}
+
+impl Padded {
+    fn new(batch: &[&Encoding]) -> Self {
+        let rows = batch.len();
         let seq = batch
             .iter()
             .map(|e| e.get_ids().len())
             .max()
             .unwrap_or(0)
             .max(1);
-        let mut ids = vec![0i64; b * seq];
-        let mut mask = vec![0i64; b * seq];
-        let mut types = vec![0i64; b * seq];
+        let mut p = Padded {
+            rows,
+            seq,
+            ids: vec![0; rows * seq],
+            mask: vec![0; rows * seq],
+            types: vec![0; rows * seq],
+        };
         for (r, e) in batch.iter().enumerate() {
-            for (c, ((id, m), t)) in e
+            let tokens = e
                 .get_ids()
                 .iter()
                 .zip(e.get_attention_mask())
-                .zip(e.get_type_ids())
-                .enumerate()
-            {
-                ids[r * seq + c] = *id as i64;
-                mask[r * seq + c] = *m as i64;
-                types[r * seq + c] = *t as i64;
+                .zip(e.get_type_ids());
+            for (c, ((id, m), t)) in tokens.enumerate() {
+                p.ids[r * seq + c] = *id as i64;
+                p.mask[r * seq + c] = *m as i64;
+                p.types[r * seq + c] = *t as i64;
             }
         }
-        let shape = vec![b as i64, seq as i64];
+        p
+    }
+}
+
+impl OnnxModel {
+    /// One sentence vector per row of `hidden` (`[rows, seq, dim]`): pooled over the
+    /// row's tokens, then normalized when the model says so.
+    fn pool(&self, hidden: &[f32], shape: &[i64], p: &Padded) -> Result<Vec<Vec<f32>>, String> {
+        if shape.len() != 3 {
+            return Err(format!("expected [batch, seq, dim] output, got {shape:?}"));
+        }
+        let (seq, dim) = (p.seq, shape[2] as usize);
+        let mut out = Vec::with_capacity(p.rows);
+        for r in 0..p.rows {
+            let mut v = vec![0f32; dim];
+            match self.pooling {
+                Pooling::Cls => v.copy_from_slice(&hidden[r * seq * dim..r * seq * dim + dim]),
+                Pooling::Mean => {
+                    let mut n = 0f32;
+                    for c in (0..seq).filter(|c| p.mask[r * seq + c] != 0) {
+                        n += 1.0;
+                        let row = &hidden[(r * seq + c) * dim..(r * seq + c + 1) * dim];
+                        v.iter_mut().zip(row).for_each(|(a, x)| *a += x);
+                    }
+                    v.iter_mut().for_each(|a| *a /= n.max(1.0));
+                }
+            }
+            if self.normalize {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+impl super::batch::Backend for OnnxModel {
+    /// Runs one batch: sentence vectors (embedders) or one logit per item (rerankers).
+    fn run(&self, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>, String> {
+        let mut p = Padded::new(batch);
+        let shape = vec![p.rows as i64, p.seq as i64];
         let tensor = |data: Vec<i64>| -> Result<SessionInputValue<'static>, String> {
             Tensor::from_array((shape.clone(), data))
                 .map(Into::into)
                 .map_err(|e| e.to_string())
         };
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
-            ("input_ids".into(), tensor(ids)?),
-            ("attention_mask".into(), tensor(mask.clone())?),
+            ("input_ids".into(), tensor(std::mem::take(&mut p.ids))?),
+            ("attention_mask".into(), tensor(p.mask.clone())?),
         ];
         if self.wants_token_types {
-            inputs.push(("token_type_ids".into(), tensor(types)?));
+            inputs.push((
+                "token_type_ids".into(),
+                tensor(std::mem::take(&mut p.types))?,
+            ));
         }
         // A panic while the lock was held happened in our own code around the session,
         // not inside ONNX Runtime: the session itself is intact.
@@ -268,44 +317,9 @@ impl super::batch::Backend for OnnxModel {
             Kind::Rerank => {
                 // logits [batch, labels]: the first label is the relevance.
                 let width = out_shape.get(1).copied().unwrap_or(1).max(1) as usize;
-                Ok((0..b).map(|r| vec![data[r * width]]).collect())
+                Ok((0..p.rows).map(|r| vec![data[r * width]]).collect())
             }
-            Kind::Embedding => {
-                if out_shape.len() != 3 {
-                    return Err(format!(
-                        "expected [batch, seq, dim] output, got {:?}",
-                        &**out_shape
-                    ));
-                }
-                let dim = out_shape[2] as usize;
-                let mut out = Vec::with_capacity(b);
-                for r in 0..b {
-                    let mut v = vec![0f32; dim];
-                    match self.pooling {
-                        Pooling::Cls => {
-                            v.copy_from_slice(&data[r * seq * dim..r * seq * dim + dim])
-                        }
-                        Pooling::Mean => {
-                            let mut n = 0f32;
-                            for c in 0..seq {
-                                if mask[r * seq + c] == 0 {
-                                    continue;
-                                }
-                                n += 1.0;
-                                let row = &data[(r * seq + c) * dim..(r * seq + c + 1) * dim];
-                                v.iter_mut().zip(row).for_each(|(a, x)| *a += x);
-                            }
-                            v.iter_mut().for_each(|a| *a /= n.max(1.0));
-                        }
-                    }
-                    if self.normalize {
-                        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                        v.iter_mut().for_each(|x| *x /= norm);
-                    }
-                    out.push(v);
-                }
-                Ok(out)
-            }
+            Kind::Embedding => self.pool(data, out_shape, &p),
         }
     }
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use bytes::BytesMut;
 use http::Response;
 use indexmap::IndexMap;
 use pingora::apps::http_app::ServeHttp;
@@ -20,14 +19,24 @@ use tokenizers::Encoding;
 
 use super::batch::{BatchOptions, Batcher, SubmitError};
 use super::model::{init_runtime, Kind, ModelSpec, OnnxModel, OutOfVocabulary};
+use crate::config::ClientTimeouts;
 use crate::config::{EmbedServerOptions, ModelConfig, ModelKind};
-use crate::proxy::error::{error_response, json_response, ApiError};
+use crate::http::budget::{BodyBudget, Reserved};
+use crate::http::request_body::{self, parse_off_thread};
+use crate::http::routes::Routes;
+use crate::http::{error_response, json_response, ApiError};
+use crate::telemetry::metrics::{gather, page_response};
 
-const MAX_BODY: usize = 32 * 1024 * 1024;
+const MAX_BODY: u64 = 32 * 1024 * 1024;
 
 pub struct EmbedService {
     models: IndexMap<String, Served>,
     max_client_batch_size: usize,
+    routes: Routes<Route>,
+    /// The client-side time limits of the main port's defaults.
+    timeouts: ClientTimeouts,
+    /// No budget across requests beyond each body's own limit ([`MAX_BODY`]).
+    bodies: BodyBudget,
 }
 
 /// One loaded model and the queue in front of it.
@@ -84,6 +93,9 @@ impl EmbedService {
         Ok(EmbedService {
             models: loaded,
             max_client_batch_size: opts.max_client_batch_size,
+            routes: routes(),
+            timeouts: ClientTimeouts::default(),
+            bodies: BodyBudget::new(u64::MAX, 1),
         })
     }
 
@@ -218,36 +230,7 @@ impl EmbedService {
             .with_param("query")
         })?;
         let tei = v.get("texts").is_some();
-        let field = if tei { "texts" } else { "documents" };
-        let docs: Vec<String> = match &v[field] {
-            Value::Array(a) if a.is_empty() => {
-                return Err(ApiError::bad_request(
-                    "invalid_input",
-                    format!("`{field}` must not be empty"),
-                ))
-            }
-            Value::Array(a) => a
-                .iter()
-                .enumerate()
-                .map(|(i, d)| match d {
-                    Value::String(s) => Ok(s.clone()),
-                    Value::Object(o) if o.get("text").is_some_and(Value::is_string) => {
-                        Ok(o["text"].as_str().unwrap_or_default().to_string())
-                    }
-                    _ => Err(ApiError::bad_request(
-                        "invalid_input",
-                        format!("`{field}[{i}]` must be a string or {{\"text\": string}}"),
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_input",
-                    format!("`{field}` must be a list of documents"),
-                )
-                .with_param("documents"))
-            }
-        };
+        let docs = documents(v, if tei { "texts" } else { "documents" })?;
         if docs.len() > self.max_client_batch_size {
             return Err(ApiError::too_many_items(
                 docs.len(),
@@ -290,7 +273,7 @@ impl EmbedService {
             })
             .collect();
         Ok(
-            json!({"id": format!("rerank-{:x}", rand_id()), "model": b.model.name, "results": results, "usage": {"total_tokens": tokens}}),
+            json!({"id": format!("rerank-{}", crate::http::request_id::new_id()), "model": b.model.name, "results": results, "usage": {"total_tokens": tokens}}),
         )
     }
 
@@ -340,19 +323,41 @@ impl EmbedService {
     }
 }
 
+/// The documents of a rerank request (`field`: `documents` or TEI's `texts`): strings or
+/// `{"text": string}` objects.
+fn documents(v: &Value, field: &str) -> Result<Vec<String>, ApiError> {
+    match &v[field] {
+        Value::Array(a) if a.is_empty() => Err(ApiError::bad_request(
+            "invalid_input",
+            format!("`{field}` must not be empty"),
+        )),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Value::String(s) => Ok(s.clone()),
+                Value::Object(o) if o.get("text").is_some_and(Value::is_string) => {
+                    Ok(o["text"].as_str().unwrap_or_default().to_string())
+                }
+                _ => Err(ApiError::bad_request(
+                    "invalid_input",
+                    format!("`{field}[{i}]` must be a string or {{\"text\": string}}"),
+                )),
+            })
+            .collect(),
+        _ => Err(ApiError::bad_request(
+            "invalid_input",
+            format!("`{field}` must be a list of documents"),
+        )
+        .with_param("documents")),
+    }
+}
+
 fn kind_name(k: Kind) -> &'static str {
     match k {
         Kind::Rerank => "rerank",
         Kind::Embedding => "embedding",
     }
-}
-
-fn rand_id() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -497,45 +502,6 @@ fn inputs(v: &Value, max_items: usize) -> Result<Inputs, ApiError> {
         .map(Inputs::Texts)
 }
 
-async fn read_body(s: &mut ServerSession) -> Result<Value, ApiError> {
-    let mut buf = BytesMut::new();
-    loop {
-        match s.read_request_body().await {
-            Ok(Some(c)) => {
-                if buf.len() + c.len() > MAX_BODY {
-                    return Err(ApiError::too_large(MAX_BODY as u64));
-                }
-                buf.extend_from_slice(&c);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
-                    format!("Could not read the request body: {e}"),
-                ))
-            }
-        }
-    }
-    // A large document is parsed on the blocking pool, not on the worker thread that
-    // serves every other connection (as the proxy does, see `proxy::body`).
-    let parsed = if buf.len() <= PARSE_INLINE_MAX {
-        serde_json::from_slice(&buf)
-    } else {
-        tokio::task::spawn_blocking(move || serde_json::from_slice(&buf))
-            .await
-            .map_err(|e| ApiError::internal(format!("body parsing failed: {e}")))?
-    };
-    parsed.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("Request body is not valid JSON: {e}"),
-        )
-    })
-}
-
-/// Bodies up to this size are parsed on the worker thread.
-const PARSE_INLINE_MAX: usize = 256 * 1024;
-
 /// Runs `work` unless the client hangs up first: then `work` is dropped, and with it the
 /// request's place in the batching queue (the inference thread skips it).
 async fn until_client_leaves<F>(s: &mut ServerSession, work: F) -> Result<Value, ApiError>
@@ -612,7 +578,7 @@ impl BackgroundService for EmbedLoader {
 #[async_trait]
 impl ServeHttp for EmbedApp {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
-        let _active = crate::proxy::drain::ActiveRequest::new();
+        let _active = crate::lifecycle::drain::ActiveRequest::new();
         match self.0.get() {
             Some(svc) => svc.response(s).await,
             None => error_response(&ApiError::unavailable(
@@ -623,35 +589,66 @@ impl ServeHttp for EmbedApp {
     }
 }
 
+/// The embedding service's routes (trailing slashes are trimmed before the lookup).
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Health,
+    Models,
+    Metrics,
+    Embeddings,
+    Rerank,
+}
+
+fn routes() -> Routes<Route> {
+    Routes::new()
+        .read("/health", Route::Health)
+        .read("/v1/models", Route::Models)
+        .read("/metrics", Route::Metrics)
+        .post("/v1/embeddings", Route::Embeddings)
+        .post("/embeddings", Route::Embeddings)
+        .post("/v1/rerank", Route::Rerank)
+        .post("/rerank", Route::Rerank)
+}
+
+fn invalid_json(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request(
+        "invalid_json",
+        format!("Request body is not valid JSON: {e}"),
+    )
+}
+
 impl EmbedService {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
         let method = s.req_header().method.as_str().to_string();
         let path = s.req_header().uri.path().trim_end_matches('/').to_string();
-        let result = match (method.as_str(), path.as_str()) {
-            ("GET", "/health") => return self.health(),
-            ("GET", "/v1/models") => Ok(self.models_list()),
-            ("GET", "/metrics") => {
-                return crate::telemetry::metrics::page_response(crate::telemetry::metrics::gather())
-            }
-            ("POST", "/v1/embeddings" | "/embeddings") => match read_body(s).await {
+        let route = match self.routes.resolve(&method, &path) {
+            Ok(found) => found.route,
+            Err(e) => return error_response(&e),
+        };
+        let result = match route {
+            Route::Health => return self.health(),
+            Route::Models => Ok(self.models_list()),
+            Route::Metrics => return page_response(gather()),
+            Route::Embeddings => match self.read_json(s).await {
                 Ok(v) => until_client_leaves(s, self.embeddings(&v)).await,
                 Err(e) => Err(e),
             },
-            ("POST", "/v1/rerank" | "/rerank") => match read_body(s).await {
+            Route::Rerank => match self.read_json(s).await {
                 Ok(v) => until_client_leaves(s, self.rerank(&v)).await,
                 Err(e) => Err(e),
             },
-            (_, "/health" | "/v1/models" | "/metrics") => {
-                Err(ApiError::method_not_allowed(&method, &path, "GET"))
-            }
-            (_, "/v1/embeddings" | "/embeddings" | "/v1/rerank" | "/rerank") => {
-                Err(ApiError::method_not_allowed(&method, &path, "POST"))
-            }
-            _ => Err(ApiError::path_not_found(&path)),
         };
         match result {
             Ok(v) => json_response(200, v.to_string().into_bytes()),
             Err(e) => error_response(&e),
         }
+    }
+
+    /// The request body as JSON, read as the proxy reads its bodies (size and time
+    /// limits), parsed off the worker threads when large.
+    async fn read_json(&self, s: &mut ServerSession) -> Result<Value, ApiError> {
+        let mut room = Reserved::default();
+        let body = request_body::read(s, MAX_BODY, &self.timeouts, &self.bodies, &mut room).await?;
+        parse_off_thread(&body, |b| serde_json::from_slice(b).map_err(invalid_json)).await
     }
 }

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::error::ApiError;
+use crate::http::ApiError;
 
 /// What the router needs from a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,23 +160,9 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
     })
 }
 
-/// Bodies larger than this are inspected on the blocking pool: validating 30 MiB of JSON
-/// takes tens of milliseconds (seconds in a debug build), and on a worker thread it would
-/// stall every other connection of that thread (seen as engine connects timing out
-/// during an upload flood).
-const INSPECT_INLINE_MAX: usize = 256 * 1024;
-
 /// [`inspect`], off the async worker threads for a large body.
 pub async fn inspect_shared(body: &Bytes) -> Result<RequestInfo, ApiError> {
-    if body.len() <= INSPECT_INLINE_MAX {
-        return inspect(body);
-    }
-    let whole = body.clone();
-    match tokio::task::spawn_blocking(move || inspect(&whole)).await {
-        // The span is an offset into the bytes, which the clone shares.
-        Ok(r) => r,
-        Err(e) => Err(ApiError::internal(format!("body inspection failed: {e}"))),
-    }
+    crate::http::request_body::parse_off_thread(body, inspect).await
 }
 
 /// `body` with the `model` value replaced by `new_model`. A large body comes back as

@@ -24,11 +24,12 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use tracing::{debug, warn};
 
-use super::error::ApiError;
 use super::usage::{SseUsage, Usage};
-use crate::balance::{InFlightGuard, Model};
+use crate::balance::{InFlightGuard, Instance, Model};
 use crate::config::RouterOptions;
+use crate::http::ApiError;
 use crate::telemetry::metrics;
+use prometheus::Histogram;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus
 /// `expect`: we hold the whole body already.
@@ -289,23 +290,7 @@ impl Forwarder {
         if let Some(id) = session.req_header().headers.get(super::REQUEST_ID).cloned() {
             let _ = down.insert_header(super::REQUEST_ID, id);
         }
-        let content_type = |prefix: &str| {
-            resp.headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with(prefix))
-        };
-        let is_sse = content_type("text/event-stream");
-        let mut json_body = content_type("application/json").then(BytesMut::new);
-        let mut sse_usage = is_sse.then(SseUsage::default);
-        let mut last_event: Option<Instant> = None;
-        // Only streams have token timings: no label lookups for other answers.
-        let stream_timers = is_sse.then(|| {
-            (
-                metrics::TTFT.with_label_values(&[&inst.model, &inst.id]),
-                metrics::TOKEN_GAP.with_label_values(&[&inst.model, &inst.id]),
-            )
-        });
+        let mut watch = BodyWatch::new(resp, &inst, started);
         let no_body = up.response_done();
         if session
             .write_response_header(Box::new(down), no_body)
@@ -316,104 +301,181 @@ impl Forwarder {
             return Ok(());
         }
         up.set_read_timeout(Some(self.opts.read_idle_timeout));
-        let mut ended = no_body;
-        loop {
-            // Check before polling the client again: after the end of the response a
-            // keep-alive client may already send its next request.
-            if up.response_done() {
-                break;
-            }
-            let chunk = tokio::select! {
-                biased;
-                r = up.read_response_body() => r,
-                _ = session.downstream_session.read_body_or_idle(true) => {
-                    debug!(instance = %inst.id, "client went away mid-response; closing upstream");
-                    out.client_gone = true;
-                    up.shutdown().await;
-                    return Ok(());
-                }
-            };
-            match chunk {
-                Ok(Some(data)) => {
-                    if let Some((ttft, gap)) = &stream_timers {
-                        match last_event {
-                            None => ttft.observe(started.elapsed().as_secs_f64()),
-                            Some(t) => gap.observe(t.elapsed().as_secs_f64()),
-                        }
-                        last_event = Some(Instant::now());
-                        if let Some(u) = sse_usage.as_mut() {
-                            u.feed(&data);
-                        }
-                    } else if let Some(buf) = json_body.as_mut() {
-                        if buf.len() + data.len() <= USAGE_SCAN_LIMIT {
-                            buf.extend_from_slice(&data);
-                        } else {
-                            json_body = None;
-                        }
-                    }
-                    // Ending with the last chunk saves a write for fixed-length answers.
-                    let last = up.response_done();
-                    if session.write_response_body(Some(data), last).await.is_err() {
-                        out.client_gone = true;
-                        up.shutdown().await;
-                        return Ok(());
-                    }
-                    if last {
-                        ended = true;
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(instance = %inst.id, error = %e, "engine response cut mid-body");
-                    inst.record_failure("response cut mid-body");
-                    metrics::UPSTREAM_ERRORS
-                        .with_label_values(&[&inst.model, &inst.id, "cut"])
-                        .inc();
-                    if is_sse {
-                        // A last event the SDKs raise on, and no `[DONE]`: never a
-                        // silently short answer.
-                        let msg = format!("The engine's stream broke off: {e}");
-                        let event = stream_cut_event(&msg);
-                        out.stream_error = Some(msg);
-                        let _ = session.write_response_body(Some(event), true).await;
-                    } else {
-                        // Too late for an error response: the caller drops the client's
-                        // connection so it sees a truncated body, not a clean (wrong) end.
-                        out.upstream_cut = true;
-                    }
-                    return Ok(());
-                }
-            }
-        }
-        if !ended && session.write_response_body(None, true).await.is_err() {
-            out.client_gone = true;
+        if !relay_body(session, &mut up, &inst, &mut watch, out, no_body).await {
+            return Ok(());
         }
         if out.status.is_some_and(|s| s < 500) {
             inst.record_success();
         }
-        if let Some(buf) = json_body {
-            out.usage.take_json(&buf);
-        }
-        if let Some(mut u) = sse_usage {
-            u.finish();
-            out.usage = u.usage;
-        }
-        let tokens = |kind: &str, n: Option<u64>| {
-            if let Some(n) = n {
-                metrics::TOKENS
-                    .with_label_values(&[&inst.model, kind])
-                    .inc_by(n as f64);
-            }
-        };
-        tokens("prompt", out.usage.prompt_tokens);
-        tokens("completion", out.usage.completion_tokens);
+        watch.finish(&inst.model, &mut out.usage);
         self.connector
             .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))
             .await;
         drop(guard);
         debug!(instance = %inst.id, "response relayed");
         Ok(())
+    }
+}
+
+/// The body, chunk by chunk, while the client is watched. True when the answer ended
+/// normally (the connection may be reused); false when the client left or the engine
+/// broke off (both recorded in `out`).
+async fn relay_body(
+    session: &mut Session,
+    up: &mut HttpSession,
+    inst: &Instance,
+    watch: &mut BodyWatch,
+    out: &mut Outcome,
+    no_body: bool,
+) -> bool {
+    let mut ended = no_body;
+    loop {
+        // Check before polling the client again: after the end of the response a
+        // keep-alive client may already send its next request.
+        if up.response_done() {
+            break;
+        }
+        let chunk = tokio::select! {
+            biased;
+            r = up.read_response_body() => r,
+            _ = session.downstream_session.read_body_or_idle(true) => {
+                debug!(instance = %inst.id, "client went away mid-response; closing upstream");
+                out.client_gone = true;
+                up.shutdown().await;
+                return false;
+            }
+        };
+        match chunk {
+            Ok(Some(data)) => {
+                watch.observe(&data);
+                // Ending with the last chunk saves a write for fixed-length answers.
+                let last = up.response_done();
+                if session.write_response_body(Some(data), last).await.is_err() {
+                    out.client_gone = true;
+                    up.shutdown().await;
+                    return false;
+                }
+                if last {
+                    ended = true;
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                broke_off(session, inst, watch.is_sse(), &e, out).await;
+                return false;
+            }
+        }
+    }
+    if !ended && session.write_response_body(None, true).await.is_err() {
+        out.client_gone = true;
+    }
+    true
+}
+
+/// The engine's answer broke off mid-body: counted against the instance; an event stream
+/// gets a last error event (which the SDKs raise on, and no `[DONE]`: never a silently
+/// short answer); any other body is too late for an error answer, so the caller drops the
+/// client's connection and it sees a truncated body, not a clean (wrong) end.
+async fn broke_off(
+    session: &mut Session,
+    inst: &Instance,
+    is_sse: bool,
+    e: &Error,
+    out: &mut Outcome,
+) {
+    warn!(instance = %inst.id, error = %e, "engine response cut mid-body");
+    inst.record_failure("response cut mid-body");
+    metrics::UPSTREAM_ERRORS
+        .with_label_values(&[&inst.model, &inst.id, "cut"])
+        .inc();
+    if is_sse {
+        let msg = format!("The engine's stream broke off: {e}");
+        let event = stream_cut_event(&msg);
+        out.stream_error = Some(msg);
+        let _ = session.write_response_body(Some(event), true).await;
+    } else {
+        out.upstream_cut = true;
+    }
+}
+
+/// What the relay learns from an answer's body on its way: a stream's event timings
+/// (time to first token, gaps) and the `usage` of a JSON answer or a stream's last chunk.
+struct BodyWatch {
+    started: Instant,
+    /// Streams only: no label lookups for other answers.
+    timers: Option<(Histogram, Histogram)>,
+    last_event: Option<Instant>,
+    sse_usage: Option<SseUsage>,
+    /// A JSON answer, kept up to [`USAGE_SCAN_LIMIT`] for its `usage`.
+    json_body: Option<BytesMut>,
+}
+
+impl BodyWatch {
+    fn new(resp: &ResponseHeader, inst: &Instance, started: Instant) -> Self {
+        let content_type = |prefix: &str| {
+            resp.headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(prefix))
+        };
+        let is_sse = content_type("text/event-stream");
+        BodyWatch {
+            started,
+            timers: is_sse.then(|| {
+                (
+                    metrics::TTFT.with_label_values(&[&inst.model, &inst.id]),
+                    metrics::TOKEN_GAP.with_label_values(&[&inst.model, &inst.id]),
+                )
+            }),
+            last_event: None,
+            sse_usage: is_sse.then(SseUsage::default),
+            json_body: content_type("application/json").then(BytesMut::new),
+        }
+    }
+
+    fn is_sse(&self) -> bool {
+        self.timers.is_some()
+    }
+
+    fn observe(&mut self, data: &[u8]) {
+        if let Some((ttft, gap)) = &self.timers {
+            match self.last_event {
+                None => ttft.observe(self.started.elapsed().as_secs_f64()),
+                Some(t) => gap.observe(t.elapsed().as_secs_f64()),
+            }
+            self.last_event = Some(Instant::now());
+            if let Some(u) = self.sse_usage.as_mut() {
+                u.feed(data);
+            }
+        } else if let Some(buf) = self.json_body.as_mut() {
+            if buf.len() + data.len() <= USAGE_SCAN_LIMIT {
+                buf.extend_from_slice(data);
+            } else {
+                self.json_body = None;
+            }
+        }
+    }
+
+    /// At the end of a whole answer: its `usage` into `usage`, and counted per model.
+    fn finish(self, model: &str, usage: &mut Usage) {
+        if let Some(buf) = self.json_body {
+            usage.take_json(&buf);
+        }
+        if let Some(mut u) = self.sse_usage {
+            u.finish();
+            *usage = u.usage;
+        }
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            if let Some(n) = n {
+                metrics::TOKENS
+                    .with_label_values(&[model, kind])
+                    .inc_by(n as f64);
+            }
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 
 use http::{header, HeaderMap, Method, Version};
 
-use super::error::ApiError;
 use crate::config::RequestLimits;
+use crate::http::ApiError;
 
 /// Checks the request target, the head's size, `Host`, `Transfer-Encoding` and `Expect`.
 pub fn check(
@@ -55,7 +55,7 @@ pub fn check(
     if !codings.is_empty() && codings != ["chunked"] {
         return Err(ApiError::not_implemented(format!(
             "Transfer-Encoding `{}` is not supported; only `chunked`",
-            super::error::clip(&codings.join(", "))
+            crate::http::error::clip(&codings.join(", "))
         )));
     }
     for v in headers.get_all(header::EXPECT) {

@@ -4,14 +4,10 @@
 //! drives upstream exchanges itself); Pingora's own upstream phase is never reached.
 
 pub mod body;
-pub mod budget;
-pub mod drain;
-pub mod error;
 pub mod forward;
 pub mod guard;
 pub mod head;
 pub mod linger;
-mod request_body;
 mod routes;
 pub mod usage;
 
@@ -28,14 +24,19 @@ use pingora::{Error, ErrorType, Result};
 use serde_json::json;
 use tracing::warn;
 
+use crate::admin::{self, Introspect};
 use crate::balance::{Model, Registry};
 use crate::config::{AffinityKey, ClientTimeouts, Config, ModelKind, Policy, RequestLimits};
+use crate::http::budget;
+use crate::http::request_body;
+use crate::http::request_id;
+use crate::http::routes::Routes;
+use crate::http::ApiError;
+use crate::lifecycle::drain;
 use crate::telemetry::access::{now_rfc3339, AccessLog, AccessRecord};
 use crate::telemetry::metrics;
-use error::ApiError;
 
-/// The header naming a request end to end (client, router, engine, logs).
-pub const REQUEST_ID: &str = "x-request-id";
+pub use crate::http::request_id::HEADER as REQUEST_ID;
 use forward::{Forwarder, Outcome};
 use routes::Route;
 
@@ -56,8 +57,7 @@ pub struct Router {
     connections: Arc<guard::Connections>,
     /// Request bodies held at once.
     bodies: budget::BodyBudget,
-    /// Seeds generated request ids.
-    id_counter: std::sync::atomic::AtomicU64,
+    routes: Routes<Route>,
 }
 
 /// Per-request state, kept for logging.
@@ -102,7 +102,7 @@ impl Router {
                 config.router.retry_after_s,
             ),
             connections: guard::Connections::new(config.router.connections, config.router.timeouts),
-            id_counter: std::sync::atomic::AtomicU64::new(0),
+            routes: routes::table(),
         })
     }
 
@@ -129,12 +129,17 @@ impl Router {
             &h.headers,
             &self.request_limits,
         )?;
-        let route = routes::route(h.method.as_str(), h.uri.path())?;
-        match route {
-            Route::Health => {
+        let found = self.routes.resolve(h.method.as_str(), h.uri.path())?;
+        match found.route {
+            // With an admin listener, introspection other than `/health` lives only there.
+            Route::Introspect(Introspect::Metrics | Introspect::Instances) if self.admin_only => {
+                Err(ApiError::path_not_found(h.uri.path()))
+            }
+            Route::Introspect(what) => {
                 let draining = self.draining.is_set() || session.is_process_shutting_down();
-                let (status, body) = drain::health(draining);
-                write_json(session, status, body.into()).await;
+                let page = admin::answer(what, &self.registry, draining);
+                let ct = [("content-type", page.content_type.to_string())];
+                let _ = write_response(session, page.status, page.body.into(), &ct).await;
                 Ok(())
             }
             Route::Models => {
@@ -143,31 +148,10 @@ impl Router {
                 write_json(session, 200, body.to_string().into()).await;
                 Ok(())
             }
-            Route::Model(id) => {
+            Route::Model => {
+                let id = found.rest.to_string();
                 let m = self.registry.get(&id).ok_or_else(|| self.not_found(&id))?;
                 write_json(session, 200, self.model_card(m).to_string().into()).await;
-                Ok(())
-            }
-            // With an admin listener, introspection lives only there.
-            Route::Metrics | Route::Instances if self.admin_only => {
-                Err(ApiError::path_not_found(h.uri.path()))
-            }
-            Route::Metrics => {
-                let body = crate::telemetry::metrics::render(&self.registry);
-                let _ = write_response(
-                    session,
-                    200,
-                    body.into(),
-                    &[(
-                        "content-type",
-                        crate::telemetry::metrics::CONTENT_TYPE.to_string(),
-                    )],
-                )
-                .await;
-                Ok(())
-            }
-            Route::Instances => {
-                write_json(session, 200, self.registry.instances_page().into()).await;
                 Ok(())
             }
             Route::Inference(endpoint) => {
@@ -232,26 +216,9 @@ impl Router {
     /// The client's `x-request-id` when it is a sane token, else a new one; set on the
     /// request (so the engine gets it) and returned on every answer.
     fn request_id(&self, session: &mut Session) -> String {
-        let given = session
-            .req_header()
-            .headers
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_string);
-        let id = given.unwrap_or_else(|| {
-            let n = self
-                .id_counter
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            format!(
-                "{:016x}",
-                crate::balance::select::mix(n ^ t.rotate_left(17))
-            )
-        });
+        let given = session.req_header().headers.get(REQUEST_ID);
+        let id = request_id::accept(given.and_then(|v| v.to_str().ok()))
+            .map_or_else(request_id::new_id, str::to_string);
         let _ = session.req_header_mut().insert_header(REQUEST_ID, &id);
         id
     }

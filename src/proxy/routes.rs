@@ -1,7 +1,9 @@
-//! The router's URL table: which paths exist, with which methods, and what serves them.
+//! The public port's URL table: which paths exist, with which methods, and what serves
+//! them (the table type is [`crate::http::routes`]).
 
-use super::error::ApiError;
+use crate::admin::Introspect;
 use crate::config::ModelKind;
+use crate::http::routes::Routes;
 
 /// An OpenAI (or rerank) endpoint forwarded to an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,47 +46,35 @@ impl Endpoint {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    Health,
+    /// `/health`, `/metrics`, `/v1/router/instances`: see [`crate::admin`].
+    Introspect(Introspect),
     Models,
-    Model(String),
-    /// `GET /v1/router/instances`: live state of every instance.
-    Instances,
-    /// `GET /metrics`: the router's Prometheus metrics.
-    Metrics,
+    /// `/v1/models/{id}`: the id is the rest of the path.
+    Model,
     Inference(Endpoint),
 }
 
-/// Maps method + path to a route: 404 for unknown paths, 405 for a known path with the
-/// wrong method. Paths match exactly: no normalisation (`//v1/models`, `/a/../metrics`,
-/// `%2e%2e` and a trailing slash are other paths), so no route is reached by a detour.
-pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let p = path;
-    let (route, allow) = match p {
-        "/health" => (Route::Health, "GET, HEAD"),
-        "/v1/models" => (Route::Models, "GET, HEAD"),
-        "/v1/router/instances" => (Route::Instances, "GET, HEAD"),
-        "/metrics" => (Route::Metrics, "GET, HEAD"),
-        "/v1/chat/completions" => (Route::Inference(Endpoint::ChatCompletions), "POST"),
-        "/v1/completions" => (Route::Inference(Endpoint::Completions), "POST"),
-        "/v1/embeddings" => (Route::Inference(Endpoint::Embeddings), "POST"),
-        "/v1/rerank" | "/rerank" => (Route::Inference(Endpoint::Rerank), "POST"),
-        _ => match p.strip_prefix("/v1/models/") {
-            // Model ids may contain '/', e.g. "Qwen/Qwen3-0.6B".
-            Some(id) if !id.is_empty() => (Route::Model(id.to_string()), "GET, HEAD"),
-            _ => return Err(ApiError::path_not_found(path)),
-        },
-    };
-    let ok = match allow {
-        "POST" => method == "POST",
-        _ => method == "GET" || method == "HEAD",
-    };
-    if ok {
-        Ok(route)
-    } else {
-        Err(ApiError::method_not_allowed(method, path, allow))
-    }
+/// The public port's table. Model ids may contain '/', e.g. "Qwen/Qwen3-0.6B".
+pub fn table() -> Routes<Route> {
+    Routes::new()
+        .read("/health", Route::Introspect(Introspect::Health))
+        .read("/v1/models", Route::Models)
+        .read(
+            "/v1/router/instances",
+            Route::Introspect(Introspect::Instances),
+        )
+        .read("/metrics", Route::Introspect(Introspect::Metrics))
+        .read_under("/v1/models/", Route::Model)
+        .post(
+            "/v1/chat/completions",
+            Route::Inference(Endpoint::ChatCompletions),
+        )
+        .post("/v1/completions", Route::Inference(Endpoint::Completions))
+        .post("/v1/embeddings", Route::Inference(Endpoint::Embeddings))
+        .post("/v1/rerank", Route::Inference(Endpoint::Rerank))
+        .post("/rerank", Route::Inference(Endpoint::Rerank))
 }
 
 #[cfg(test)]
@@ -92,8 +82,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table() {
-        assert_eq!(route("GET", "/health").unwrap(), Route::Health);
+    fn table_of_the_public_port() {
+        let t = table();
+        let route = |m: &str, p: &str| t.resolve(m, p).map(|f| (f.route, f.rest.to_string()));
+        assert_eq!(
+            route("GET", "/health").unwrap().0,
+            Route::Introspect(Introspect::Health)
+        );
         // Exact paths only.
         for detour in [
             "/v1/models/",
@@ -105,10 +100,10 @@ mod tests {
         }
         assert_eq!(
             route("GET", "/v1/models/Qwen/Qwen3-0.6B").unwrap(),
-            Route::Model("Qwen/Qwen3-0.6B".into())
+            (Route::Model, "Qwen/Qwen3-0.6B".to_string())
         );
         assert_eq!(
-            route("POST", "/v1/chat/completions").unwrap(),
+            route("POST", "/v1/chat/completions").unwrap().0,
             Route::Inference(Endpoint::ChatCompletions)
         );
         assert_eq!(

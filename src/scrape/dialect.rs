@@ -4,19 +4,11 @@
 //! One pass over the page fills the accumulators of every dialect at once; the engine is
 //! then the configured one, or the first whose load gauges are present.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::prom::{for_each_wanted, ParseError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    Vllm,
-    Sglang,
-    Llamacpp,
-    Tgi,
-    Trtllm,
-}
+pub use crate::config::Engine;
 
 /// Metric names of one engine. `kv` lists fallbacks in order (vLLM V0 says `gpu_cache`).
 struct Names {

@@ -130,31 +130,8 @@ mod tests {
         let m = &c.models[0];
         let s = engine_spec(m, &m.instances[0], &c.supervisor);
         assert_eq!(
-            s.argv,
-            [
-                "vllm",
-                "serve",
-                "Qwen/Qwen2.5-14B-Instruct",
-                "--host",
-                "localhost",
-                "--port",
-                "8010",
-                "--dtype",
-                "bfloat16",
-                "--max-model-len",
-                "8192",
-                "--gpu-memory-utilization",
-                "0.9",
-                "--tensor-parallel-size",
-                "1",
-                "--max-num-seqs",
-                "128",
-                "--quantization",
-                "awq",
-                "--enable-auto-tool-choice",
-                "--tool-call-parser",
-                "hermes"
-            ]
+            s.argv.join(" "),
+            "vllm serve Qwen/Qwen2.5-14B-Instruct --host localhost --port 8010 --dtype bfloat16 --max-model-len 8192 --gpu-memory-utilization 0.9 --tensor-parallel-size 1 --max-num-seqs 128 --quantization awq --enable-auto-tool-choice --tool-call-parser hermes"
         );
         assert_eq!(
             s.env,

@@ -1,6 +1,7 @@
 //! The engine supervisor: a Pingora background service that starts every managed
-//! engine, gates its traffic on `GET /health`, restarts it with backoff when it dies or
-//! stops answering, and stops it with the router. One engine's trouble never touches
+//! engine, gates its traffic on `GET /health` (the poller's verdicts, see
+//! `balance::health`), restarts it with backoff when it dies or stops answering, and stops
+//! it with the router. One engine's trouble never touches
 //! another's: each has its own task, process group and log.
 
 pub mod command;
@@ -13,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::connectors::http::Connector;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
@@ -21,15 +21,17 @@ use tokio::process::Child;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{error, info, warn};
 
-use crate::balance::stats::Process;
+use crate::balance::stats::{now_ms, Process};
 use crate::balance::{Instance, Registry};
 use crate::config::{Config, ModelKind, SupervisorOptions};
 use crate::lifecycle;
-use crate::scrape::service::http_get;
 use command::{engine_spec, EngineSpec};
 use state::{EngineRecord, Owner, StateFile};
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
+/// The longest wait for a fresh `/health` verdict of the poller (its check times out
+/// after `balancer.scrape_timeout_s`).
+const VERDICT_WAIT: Duration = Duration::from_secs(5);
 /// An engine that served this long before dying starts over at the shortest backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 
@@ -45,7 +47,6 @@ pub struct Supervisor {
     /// is alone); one lock per GPU, taken in ascending order.
     gpu_locks: BTreeMap<u32, Arc<tokio::sync::Mutex<()>>>,
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
-    connector: Connector,
     state: StateFile,
     /// Engines this router runs (mirrored to the state file).
     records: Arc<Mutex<BTreeMap<String, EngineRecord>>>,
@@ -119,11 +120,11 @@ enum Spawned {
 /// Stopping (not upgrading): requests still streaming from the engine finish first
 /// (Pingora's grace period bounds the wait).
 async fn wait_for_requests(spec: &EngineSpec) {
-    let n = crate::proxy::drain::active_requests();
+    let n = crate::lifecycle::drain::active_requests();
     if n > 0 {
         info!(instance = %spec.instance, in_flight = n, "engine stops once the requests in flight have finished");
     }
-    while crate::proxy::drain::active_requests() > 0 {
+    while crate::lifecycle::drain::active_requests() > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -190,7 +191,6 @@ impl Supervisor {
             opts: config.supervisor.clone(),
             gpu_locks,
             phases: Mutex::new(Some(phases)),
-            connector: Connector::new(None),
             state,
             records: Arc::new(Mutex::new(BTreeMap::new())),
             previous: Mutex::new(previous),
@@ -317,19 +317,11 @@ impl Supervisor {
         }
     }
 
+    /// A fresh `/health` verdict from the poller; false when none comes in time.
     async fn healthy(&self, inst: &Instance) -> bool {
-        let ok = matches!(
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                http_get(&self.connector, inst, "/health", 64 * 1024)
-            )
-            .await,
-            Ok(Ok((200, _)))
-        );
-        if ok {
-            inst.stats().set_health(true);
-        }
-        ok
+        tokio::time::timeout(VERDICT_WAIT, inst.health_now())
+            .await
+            .unwrap_or(false)
     }
 
     /// One engine, forever: adopt or start, wait until ready, watch, restart with backoff.
@@ -535,16 +527,21 @@ impl Supervisor {
         let t0 = Instant::now();
         if !ready {
             let mut last_progress = Instant::now();
+            let mut since = now_ms();
             loop {
                 tokio::select! {
                     status = proc.exited() => {
                         return End::Crashed(format!("exited during start-up ({status})"));
                     }
                     _ = shutdown.changed() => return End::Shutdown,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
-                if self.healthy(inst).await {
-                    break;
+                    ok = inst.health_after(since, true) => {
+                        if ok {
+                            break;
+                        }
+                        since = now_ms();
+                    }
+                    // No verdict (the poller is slow): the limits below still apply.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 if t0.elapsed() >= self.opts.startup_timeout {
                     return End::Crashed(format!(
@@ -573,13 +570,16 @@ impl Supervisor {
         inst.record_success();
         inst.log_state_change(&inst.snapshot());
         let mut unhealthy_since: Option<Instant> = None;
+        let mut since = now_ms();
         loop {
-            tokio::select! {
+            // Each verdict of the poller, at the model's `health_check_interval_s`.
+            let ok = tokio::select! {
                 status = proc.exited() => return End::Crashed(format!("exited ({status})")),
                 _ = shutdown.changed() => return End::Shutdown,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            if self.healthy(inst).await {
+                ok = inst.health_after(since, false) => ok,
+            };
+            since = now_ms();
+            if ok {
                 unhealthy_since = None;
                 continue;
             }
@@ -690,14 +690,14 @@ impl Supervisor {
             });
         }
         info!(engines = self.engines.len(), "supervisor: starting engines");
-        crate::proxy::drain::set_engines_busy(true);
+        crate::lifecycle::drain::set_engines_busy(true);
         futures_util::future::join_all(
             self.engines
                 .iter()
                 .map(|e| self.run_engine(e, shutdown.clone(), &decided)),
         )
         .await;
-        crate::proxy::drain::set_engines_busy(false);
+        crate::lifecycle::drain::set_engines_busy(false);
         if !self.upgrading.load(Ordering::SeqCst) {
             warn!("supervisor: all engines stopped");
         }

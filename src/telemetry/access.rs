@@ -15,14 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessLogFormat {
-    #[default]
-    Logfmt,
-    Json,
-    Off,
-}
+pub use crate::config::AccessLogFormat;
 
 /// What is known about a request when it ends.
 #[derive(Debug, Default, Serialize)]

@@ -9,9 +9,6 @@ use prometheus::{
     GaugeVec, HistogramVec, TextEncoder,
 };
 
-use crate::balance::stats::State;
-use crate::balance::Registry;
-
 fn latency_buckets() -> Vec<f64> {
     vec![
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -127,7 +124,8 @@ pub static ACCESS_LOG_DROPPED: LazyLock<prometheus::Counter> = LazyLock::new(|| 
     .expect("registers once")
 });
 
-static INSTANCE: LazyLock<GaugeVec> = LazyLock::new(|| {
+/// Set from the registry when a metrics page is made (`admin::metrics_page`).
+pub static INSTANCE: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(
         "llm_router_instance",
         "Live inputs of the choice per instance (in_flight, running, waiting, kv_usage, score, scrape_age_seconds, healthy)",
@@ -146,28 +144,6 @@ pub fn status_class(status: u16) -> &'static str {
         500..=599 => "5xx",
         _ => "none",
     }
-}
-
-/// The Prometheus text page: instance gauges refreshed from the registry, then everything
-/// registered in this process (the embedding service's histograms included).
-pub fn render(registry: &Registry) -> Vec<u8> {
-    for v in registry.views() {
-        let s = &v.snapshot;
-        let set = |name: &str, x: f64| INSTANCE.with_label_values(&[v.model, v.id, name]).set(x);
-        set("in_flight", s.in_flight as f64);
-        set("running", s.running);
-        set("waiting", s.waiting);
-        set("kv_usage", s.kv_usage);
-        set("score", v.score);
-        set("scrape_age_seconds", s.scrape_age_s.unwrap_or(-1.0));
-        set("healthy", if s.state == State::Healthy { 1.0 } else { 0.0 });
-    }
-    // Make sure the families exist even before the first request.
-    LazyLock::force(&REQUESTS);
-    LazyLock::force(&ENGINE_RESTARTS);
-    LazyLock::force(&ACCESS_LOG_DROPPED);
-    LazyLock::force(&CONNECTIONS);
-    gather()
 }
 
 /// The Prometheus text format's content type.

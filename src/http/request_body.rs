@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use pingora::ErrorType;
 
 use super::budget::{BodyBudget, Reserved, WAIT};
@@ -26,7 +26,7 @@ const LINGER_BYTES: usize = 16 * 1024 * 1024;
 /// close does the same. Skipped for a client that waits for `100 Continue` (it sends
 /// nothing) and for an announced body larger than the bound (it would be reset anyway,
 /// after work for nothing).
-pub async fn discard_rest(session: &mut Session) {
+pub async fn discard_rest(session: &mut ServerSession) {
     let h = &session.req_header().headers;
     let too_long = announced_length(h).is_some_and(|n| n > LINGER_BYTES as u64);
     if too_long || h.contains_key(header::EXPECT) || session.is_body_done() {
@@ -53,7 +53,7 @@ fn announced_length(h: &http::HeaderMap) -> Option<u64> {
 /// the client announces its length), within `body_read_s` in all and `body_idle_s` per
 /// read (408), and only with room in `bodies` (503), reserved into `room`.
 pub async fn read(
-    session: &mut Session,
+    session: &mut ServerSession,
     limit: u64,
     t: &ClientTimeouts,
     bodies: &BodyBudget,
@@ -96,7 +96,11 @@ struct BodyRead<'a> {
 }
 
 impl BodyRead<'_> {
-    async fn read(&self, session: &mut Session, room: &mut Reserved) -> Result<Bytes, ApiError> {
+    async fn read(
+        &self,
+        session: &mut ServerSession,
+        room: &mut Reserved,
+    ) -> Result<Bytes, ApiError> {
         let limit = self.limit;
         // curl and others wait (1 s) for a 100 Continue before sending a body; the engine
         // never sees `Expect` (we hold the whole body before choosing it).
@@ -221,5 +225,29 @@ impl Chunks {
             buf.extend_from_slice(&c);
         }
         buf.freeze()
+    }
+}
+
+/// Bodies larger than this are parsed on the blocking pool: validating 30 MiB of JSON
+/// takes tens of milliseconds (seconds in a debug build), and on a worker thread it would
+/// stall every other connection of that thread (seen as engine connects timing out
+/// during an upload flood).
+pub const PARSE_INLINE_MAX: usize = 256 * 1024;
+
+/// `parse(body)`, off the async worker threads when the body is large (the proxy's model
+/// probe, the embedding service's JSON).
+pub async fn parse_off_thread<T, F>(body: &Bytes, parse: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&[u8]) -> Result<T, ApiError> + Send + 'static,
+{
+    if body.len() <= PARSE_INLINE_MAX {
+        return parse(body);
+    }
+    // The clone shares the bytes; offsets into them stay valid.
+    let whole = body.clone();
+    match tokio::task::spawn_blocking(move || parse(&whole)).await {
+        Ok(r) => r,
+        Err(e) => Err(ApiError::internal(format!("body parsing failed: {e}"))),
     }
 }

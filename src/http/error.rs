@@ -54,6 +54,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// With a `Retry-After` of `seconds`.
+    fn retry_in(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
         ApiError {
             status,
@@ -151,26 +157,24 @@ impl ApiError {
 
     /// The service's queue is full: retry shortly.
     pub fn overloaded(message: impl Into<String>) -> Self {
-        let mut e = Self::new(
+        Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             "queue_full",
             message.into(),
-        );
-        e.retry_after = Some(1);
-        e
+        )
+        .retry_in(1)
     }
 
     /// The host (not the client) is at its limit: retry shortly.
     pub fn server_overloaded(message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(
+        Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
             "server_overloaded",
             message.into(),
-        );
-        e.retry_after = Some(retry_after);
-        e
+        )
+        .retry_in(retry_after)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -183,14 +187,13 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(
+        Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "service_unavailable_error",
             "no_instance_available",
             message.into(),
-        );
-        e.retry_after = Some(retry_after);
-        e
+        )
+        .retry_in(retry_after)
     }
 
     pub fn bad_gateway(message: impl Into<String>) -> Self {

@@ -8,18 +8,29 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use super::{answer, Introspect};
 use crate::balance::Registry;
-use crate::proxy::drain::{health, Draining};
-use crate::proxy::error::{error_response, json_response, ApiError};
+use crate::http::error_response;
+use crate::http::routes::Routes;
+use crate::lifecycle::drain::Draining;
 
 pub struct AdminApp {
     registry: Registry,
     draining: Draining,
+    routes: Routes<Introspect>,
 }
 
 impl AdminApp {
     pub fn new(registry: Registry, draining: Draining) -> Self {
-        AdminApp { registry, draining }
+        let routes = Routes::new()
+            .read("/metrics", Introspect::Metrics)
+            .read("/v1/router/instances", Introspect::Instances)
+            .read("/health", Introspect::Health);
+        AdminApp {
+            registry,
+            draining,
+            routes,
+        }
     }
 }
 
@@ -28,21 +39,11 @@ impl ServeHttp for AdminApp {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
         let method = s.req_header().method.as_str();
         let path = s.req_header().uri.path().trim_end_matches('/');
-        match (method, path) {
-            ("GET" | "HEAD", "/metrics") => {
-                super::metrics::page_response(super::metrics::render(&self.registry))
+        match self.routes.resolve(method, path) {
+            Ok(found) => {
+                answer(found.route, &self.registry, self.draining.is_set()).into_response()
             }
-            ("GET" | "HEAD", "/v1/router/instances") => {
-                json_response(200, self.registry.instances_page())
-            }
-            ("GET" | "HEAD", "/health") => {
-                let (status, body) = health(self.draining.is_set());
-                json_response(status, body)
-            }
-            (m, "/metrics" | "/health" | "/v1/router/instances") => {
-                error_response(&ApiError::method_not_allowed(m, path, "GET, HEAD"))
-            }
-            _ => error_response(&ApiError::path_not_found(path)),
+            Err(e) => error_response(&e),
         }
     }
 }

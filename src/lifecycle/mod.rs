@@ -12,7 +12,12 @@
 //! process ends (`std::process::exit`, Pingora's own exits, the end of `main`); each hook
 //! asks [`is_committed`] to tell an abandoned start from a normal exit.
 //!
+//! [`drain`] is the other end of a process's life: `/health` turns 503 when it starts
+//! leaving, and it leaves early once nothing is in flight.
+//!
 //! This module imports nothing else of the crate: every layer may use it.
+
+pub mod drain;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
@@ -76,7 +81,13 @@ pub fn fail(code: i32, message: impl Into<String>) {
     });
 }
 
-/// Resolves with the first failure reported by [`fail`].
+/// Asks for a normal exit (code 0) of a process that has nothing left to do (drained in
+/// its grace period); the command line exits. Counts as the first report, like [`fail`].
+pub fn finish(message: impl Into<String>) {
+    fail(0, message);
+}
+
+/// Resolves with the first failure reported by [`fail`] (or the [`finish`] request).
 pub async fn failed() -> Failure {
     let mut rx = failure_channel().subscribe();
     let got = rx.wait_for(|f| f.is_some()).await.map(|f| f.clone());

@@ -109,7 +109,7 @@ pub fn set_engines_busy(busy: bool) {
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// During Pingora's grace period, waits until no request has been in flight for
-/// [`SETTLE`] and the engines are settled, then exits: Pingora itself would sleep out the
+/// [`SETTLE`] and the engines are settled, then asks for the exit ([`super::finish`]): Pingora itself would sleep out the
 /// whole grace period (120 s by default) even when idle, which makes every stop and the
 /// old process of every reload linger.
 async fn exit_once_drained() {
@@ -120,8 +120,10 @@ async fn exit_once_drained() {
             (false, _) => idle_since = None,
             (true, None) => idle_since = Some(Instant::now()),
             (true, Some(t)) if t.elapsed() >= SETTLE => {
-                info!("drained: nothing in flight, exiting before the end of the grace period");
-                std::process::exit(0);
+                super::finish(
+                    "drained: nothing in flight, exiting before the end of the grace period",
+                );
+                return;
             }
             (true, Some(_)) => {}
         }

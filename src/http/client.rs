@@ -1,0 +1,94 @@
+//! The router's own small HTTP client, shared by the background services (the poller's
+//! `/health` and `/metrics`, the supervisor's look at an engine it may adopt), and the
+//! one address resolver of instance and listener hosts.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use bytes::BytesMut;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+
+/// Why a [`get`] failed.
+pub enum GetError {
+    /// Connect, send or read failed; `reused` says whether on a pooled connection.
+    Io {
+        what: String,
+        reused: bool,
+    },
+    TooLarge,
+}
+
+/// A small `GET path` to `peer` (with `Host: authority`) over `connector`'s pool, reading
+/// at most `max` bytes of body; the connection goes back to the pool when the answer was
+/// read whole, kept below the engine's keep-alive (see `router.pool_idle_timeout_s`).
+pub async fn get(
+    connector: &Connector,
+    peer: &HttpPeer,
+    authority: &str,
+    path: &str,
+    max: usize,
+) -> Result<(u16, BytesMut), GetError> {
+    let (mut s, reused) = connector
+        .get_http_session(peer)
+        .await
+        .map_err(|e| GetError::Io {
+            what: format!("connect: {e}"),
+            reused: false,
+        })?;
+    let fail = |what: &str, e: Box<pingora::Error>| GetError::Io {
+        what: format!("{what}: {e}"),
+        reused,
+    };
+    let mut req =
+        RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| fail("request", e))?;
+    req.insert_header("host", authority)
+        .map_err(|e| fail("request", e))?;
+    s.write_request_header(Box::new(req))
+        .await
+        .map_err(|e| fail("send", e))?;
+    s.finish_request_body().await.map_err(|e| fail("send", e))?;
+    s.read_response_header()
+        .await
+        .map_err(|e| fail("read", e))?;
+    let status = s.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = s.read_response_body().await.map_err(|e| fail("read", e))? {
+        if body.len() + chunk.len() > max {
+            return Err(GetError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    connector
+        .release_http_session(s, peer, peer.options.idle_timeout)
+        .await;
+    Ok((status, body))
+}
+
+/// Resolves once, preferring IPv4: `localhost` often resolves to `::1` first while
+/// engines listen on `0.0.0.0` or `127.0.0.1`. `what` names the host in the error
+/// (e.g. "instance host", "embedding_server.host").
+pub fn resolve(what: &str, host: &str, port: u16) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {what} `{host}`: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{what} `{host}` resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn localhost_resolves_to_ipv4_first() {
+        let a = super::resolve("host", "localhost", 8000).unwrap();
+        assert!(a.is_ipv4(), "{a}");
+        assert_eq!(a.port(), 8000);
+        let e = super::resolve("instance host", "no-such-host.invalid", 1).unwrap_err();
+        assert!(e.contains("instance host `no-such-host.invalid`"), "{e}");
+    }
+}
