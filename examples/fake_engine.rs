@@ -6,7 +6,8 @@
 //! `FAKE_READY_AFTER_MS` (`/health` answers 503 until then), `FAKE_CHILD=1` (spawn a
 //! `sleep` child in the same process group, like vLLM's EngineCore).
 //! `POST /crash` exits at once with status 3; `POST /sick` makes `/health` answer 503
-//! from then on (a hung engine).
+//! from then on (a hung engine); `GET /health_checks` says how many `/health` requests
+//! it has answered.
 //! Inference endpoints and `/metrics` are the mock vLLM's (`tests/common/mock_vllm.rs`),
 //! answering with `system_fingerprint` = the engine's pid; `FAKE_SSE=CHUNKS,DELAY_MS` sets
 //! the length and pace of streamed answers (and the tokens of non-streamed ones).
@@ -15,7 +16,7 @@
 mod mock_vllm;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -76,10 +77,16 @@ async fn main() {
     }
     let t0 = Instant::now();
     static SICK: AtomicBool = AtomicBool::new(false);
+    static CHECKS: AtomicU64 = AtomicU64::new(0);
     let app = Router::new()
+        .route(
+            "/health_checks",
+            get(|| async { CHECKS.load(Ordering::SeqCst).to_string() }),
+        )
         .route(
             "/health",
             get(move || async move {
+                CHECKS.fetch_add(1, Ordering::SeqCst);
                 if t0.elapsed() >= ready_after && !SICK.load(Ordering::SeqCst) {
                     StatusCode::OK
                 } else {

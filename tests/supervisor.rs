@@ -388,3 +388,26 @@ async fn an_engine_whose_health_stays_bad_is_restarted() {
         r.log_text()
     );
 }
+
+/// One poller asks an engine's `/health`, at `health_check_interval_s`; the supervisor
+/// (readiness, restarts) and the balancer read its verdicts instead of asking again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poller_checks_an_engines_health() {
+    let s = Setup::new();
+    let yaml = s.yaml(true, &[]) + "  health_check_interval_s: 1\n";
+    let r = RouterProc::start(&yaml).await;
+    wait_for("engine healthy", Duration::from_secs(20), async || {
+        state(&r).await == "healthy"
+    })
+    .await;
+    let checks = async || -> u64 {
+        let url = format!("http://127.0.0.1:{}/health_checks", s.port);
+        reqwest::get(url).await.unwrap().text().await.unwrap().parse().unwrap()
+    };
+    let (c0, t0) = (checks().await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (n, secs) = (checks().await - c0, t0.elapsed().as_secs_f64());
+    // One check a second, give or take one at each end; two pollers would make twice that.
+    assert!(n >= 2 && n as f64 <= secs + 2.0, "{n} checks in {secs:.1} s");
+}
+
