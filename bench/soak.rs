@@ -13,10 +13,14 @@
 //! (a fifth of the run, at most 60 s) to the end, if the router died, or on an
 //! unexpected answer. `make soak` (= `cargo bench --bench soak`).
 
+#[path = "../tests/common/binaries.rs"]
+mod binaries;
 #[path = "common.rs"]
 mod common;
 #[path = "../tests/common/mock_vllm.rs"]
 mod mock_vllm;
+
+use binaries::fake_engine;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -320,18 +324,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn fake_engine() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/fake_engine");
-    assert!(p.exists(), "build the example first: {}", p.display());
-    p
 }
 
 /// The router on two mock instances of `m` and one spawned engine of `f`, ready.

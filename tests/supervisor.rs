@@ -402,12 +402,21 @@ async fn one_poller_checks_an_engines_health() {
     .await;
     let checks = async || -> u64 {
         let url = format!("http://127.0.0.1:{}/health_checks", s.port);
-        reqwest::get(url).await.unwrap().text().await.unwrap().parse().unwrap()
+        reqwest::get(url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let (c0, t0) = (checks().await, Instant::now());
     tokio::time::sleep(Duration::from_secs(6)).await;
     let (n, secs) = (checks().await - c0, t0.elapsed().as_secs_f64());
     // One check a second, give or take one at each end; two pollers would make twice that.
-    assert!(n >= 2 && n as f64 <= secs + 2.0, "{n} checks in {secs:.1} s");
+    assert!(
+        n >= 2 && n as f64 <= secs + 2.0,
+        "{n} checks in {secs:.1} s"
+    );
 }
-

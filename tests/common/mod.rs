@@ -1,7 +1,10 @@
 //! Shared test harness: the mock engine and the real router binary on loopback.
 #![allow(dead_code)]
 
+mod binaries;
 pub mod mock_vllm;
+#[allow(unused_imports)] // not every test binary spawns engines
+pub use binaries::fake_engine;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -189,19 +192,6 @@ pub fn run_bin(args: &[&str]) -> Output {
 }
 
 /// The fake engine example (`examples/fake_engine.rs`), built by `cargo build --examples`.
-pub fn fake_engine() -> PathBuf {
-    // target/debug/deps/<test> -> target/debug/examples/fake_engine
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/fake_engine");
-    assert!(p.exists(), "build the example first: {}", p.display());
-    p
-}
-
 /// Parsed lines of the fake engine's record file: one per start. A line still being
 /// written by an engine that is starting right now is left out.
 pub fn starts(record: &Path) -> Vec<serde_json::Value> {
