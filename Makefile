@@ -1,6 +1,6 @@
 # llm-router: every target does its own set-up (idempotent), so a fresh clone needs only
 # `make run` or `make test`.
-.PHONY: run run-mock test e2e bench fuzz soak build release setup models check fmt lint clean
+.PHONY: run run-mock test e2e bench fuzz soak service-check build release setup models check fmt lint clean
 
 # Build (release) and start the router on conf/demo.yaml: two real vLLM CPU engines
 # (installed on first use) behind the router.
@@ -32,6 +32,11 @@ fuzz:
 # Soak: SOAK_S seconds (default 600) of mixed traffic against mock engines; RSS growth.
 soak:
 	scripts/soak.sh
+
+# The README's service install on a real systemd (Debian 12 booted with systemd-nspawn;
+# needs root). Not part of `make test`.
+service-check:
+	scripts/service-check.sh
 
 setup:
 	scripts/setup.sh
