@@ -394,33 +394,19 @@ fn resolve_weights(
     own: &RawBalancer,
     parent: &RawBalancer,
 ) -> super::Weights {
-    let d = BalancerOptions::default();
-    let pick = |a: Option<f64>, b: Option<f64>| a.or(b);
+    let d = BalancerOptions::default().weights;
     let (ow, pw) = (
         own.weights.clone().unwrap_or_default(),
         parent.weights.clone().unwrap_or_default(),
     );
+    let mut w = |name: &str, own: Option<f64>, parent: Option<f64>, default: f64| {
+        c.weight(format!("{base}.weights.{name}"), own.or(parent), default)
+    };
     super::Weights {
-        waiting: c.weight(
-            format!("{base}.weights.waiting"),
-            pick(ow.waiting, pw.waiting),
-            d.weights.waiting,
-        ),
-        running: c.weight(
-            format!("{base}.weights.running"),
-            pick(ow.running, pw.running),
-            d.weights.running,
-        ),
-        kv_cache: c.weight(
-            format!("{base}.weights.kv_cache"),
-            pick(ow.kv_cache, pw.kv_cache),
-            d.weights.kv_cache,
-        ),
-        in_flight: c.weight(
-            format!("{base}.weights.in_flight"),
-            pick(ow.in_flight, pw.in_flight),
-            d.weights.in_flight,
-        ),
+        waiting: w("waiting", ow.waiting, pw.waiting, d.waiting),
+        running: w("running", ow.running, pw.running, d.running),
+        kv_cache: w("kv_cache", ow.kv_cache, pw.kv_cache, d.kv_cache),
+        in_flight: w("in_flight", ow.in_flight, pw.in_flight, d.in_flight),
     }
 }
 

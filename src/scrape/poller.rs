@@ -147,6 +147,9 @@ impl Poller {
     /// One tick: every due check and scrape, concurrently; then their results recorded.
     async fn poll(&self, memory: &mut [Memory], metrics_round: bool) {
         let due = self.due(memory, now_ms(), metrics_round);
+        if !due.iter().any(|d| d.health || d.metrics) {
+            return;
+        }
         let work = self.targets.iter().zip(&due).map(|(t, d)| async move {
             let started = now_ms();
             let health = if d.health {
