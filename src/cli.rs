@@ -187,6 +187,9 @@ struct Startup {
     listeners: Vec<ServiceHandle>,
     /// Every address a listener will bind, checked before anything starts.
     addresses: Vec<SocketAddr>,
+    /// What the main listener waits for: the co-hosted embedding service accepting
+    /// connections, so that the main port never routes to an unbound socket.
+    main_waits_for: Vec<ServiceHandle>,
 }
 
 impl Startup {
@@ -196,6 +199,7 @@ impl Startup {
             before_bootstrap: Vec::new(),
             listeners: Vec::new(),
             addresses: Vec::new(),
+            main_waits_for: Vec::new(),
         };
         let gate = ParentReadyGate::new(&s.server.configuration);
         s.prerequisite(background_service("parent ready gate", gate));
@@ -222,6 +226,18 @@ impl Startup {
         h
     }
 
+    /// The main listener: like [`Self::listener`], and after [`Self::main_waits_for`].
+    fn main_listener<A: pingora::apps::ServerApp + Send + Sync + 'static>(
+        &mut self,
+        svc: Service<A>,
+        addr: SocketAddr,
+    ) {
+        let h = self.listener(svc, addr);
+        for w in &self.main_waits_for {
+            h.add_dependency(w);
+        }
+    }
+
     /// The background services (drain watch, instance poller, SIGHUP, engine supervisor),
     /// the co-hosted embedding service and the admin listener. Returns the number of
     /// engines supervised and of instances whose metrics are polled.
@@ -234,7 +250,6 @@ impl Startup {
         let server = &mut self.server;
         let hosts_embeddings = config.embedding.as_ref().is_some_and(|o| o.managed);
         let poller = Poller::new(registry, &config.balancer, hosts_embeddings);
-        let hosted_listening = poller.hosted_listening();
         let supervisor = Supervisor::new(config, registry, server.watch_execution_phase());
         let counts = (supervisor.engine_count(), poller.target_count());
         let phases = server.watch_execution_phase();
@@ -242,21 +257,23 @@ impl Startup {
             "drain watch",
             DrainWatch::new(phases, draining.clone()),
         ));
-        server.add_service(background_service("instance poller", poller));
         server.add_service(background_service(
             "SIGHUP: reopen logs",
             crate::telemetry::Hangup,
         ));
         // Engines adopted (or started) before the old router is told to leave.
         self.prerequisite(background_service("engine supervisor", supervisor));
-        if let Some(e) = self.embedding(config)? {
-            // Its instances are checked once the co-hosted embedding service listens.
+        if let Some((e, addr)) = self.embedding(config)? {
+            // Its instances are checked, and the main port opens, once it accepts.
             let gate = self.server.add_service(background_service(
                 "embedding service listening",
-                hosted_listening,
+                poller.hosted_listening(addr),
             ));
             gate.add_dependency(&e);
+            self.main_waits_for.push(gate);
         }
+        self.server
+            .add_service(background_service("instance poller", poller));
         if let Some(addr) = config.router.admin_listen {
             let app = AdminApp::new(registry.clone(), draining.clone());
             let mut admin = Service::new("admin listener".to_string(), HttpServer::new_app(app));
@@ -269,8 +286,11 @@ impl Startup {
 
     /// The co-hosted embedding service, when this process serves it (`embedding_server`
     /// present and not `managed: false`): its model loader (a prerequisite) and its
-    /// listener. Returns the listener's handle.
-    fn embedding(&mut self, config: &Config) -> Result<Option<ServiceHandle>, String> {
+    /// listener. Returns the listener's handle and address.
+    fn embedding(
+        &mut self,
+        config: &Config,
+    ) -> Result<Option<(ServiceHandle, SocketAddr)>, String> {
         let Some(opts) = config.embedding.as_ref().filter(|o| o.managed) else {
             return Ok(None);
         };
@@ -285,7 +305,7 @@ impl Startup {
         let h = self.listener(service, addr);
         h.add_dependency(&loader);
         info!(listen = %addr, "embedding service listening");
-        Ok(Some(h))
+        Ok(Some((h, addr)))
     }
 
     /// Checks the listen addresses, then runs the server: prerequisites, bootstrap (the
@@ -425,7 +445,7 @@ fn run(cli: Cli, path: &Path) -> i32 {
     let mut svc = Service::new("llm-router proxy".to_string(), proxy);
     let listen = config.router.listen;
     svc.threads = Some(config.router.threads);
-    start.listener(svc, listen);
+    start.main_listener(svc, listen);
     info!(
         listen = %listen,
         models = config.models.len(),

@@ -8,6 +8,7 @@
 //! (no task per poll), each over one pooled connection that is reused from poll to poll,
 //! and a page is parsed without allocating per sample.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,10 +115,13 @@ impl Poller {
         self.targets.iter().filter(|t| t.metrics).count()
     }
 
-    /// The service that tells this poller the embedding service listens (made to depend
-    /// on its listener).
-    pub fn hosted_listening(&self) -> HostedListening {
-        HostedListening(self.hosted_listening.clone())
+    /// The service that tells this poller the embedding service at `addr` listens (made
+    /// to depend on its listener).
+    pub fn hosted_listening(&self, addr: SocketAddr) -> HostedListening {
+        HostedListening {
+            flag: self.hosted_listening.clone(),
+            addr,
+        }
     }
 
     /// What is due for each target at `now`; `metrics_round`: this tick polls metrics.
@@ -304,15 +308,32 @@ impl BackgroundService for Poller {
     }
 }
 
-/// Ready once the co-hosted embedding service listens (it depends on that listener):
-/// until then the poller leaves that service's instances alone, rather than seeing them
-/// fail while the models load.
-pub struct HostedListening(Arc<AtomicBool>);
+/// Ready once the co-hosted embedding service accepts connections: until then the poller
+/// leaves that service's instances alone, rather than seeing them fail while the models
+/// load, and the main listener (which depends on this) does not open, so that no request
+/// reaches an embedding model whose socket is not bound yet.
+///
+/// It depends on the embedding listener, but Pingora calls a listening service ready
+/// before it binds its socket: hence the connect loop.
+pub struct HostedListening {
+    flag: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
 
 #[async_trait]
 impl BackgroundService for HostedListening {
-    async fn start_with_ready_notifier(&self, _: ShutdownWatch, ready: ServiceReadyNotifier) {
-        self.0.store(true, Ordering::Relaxed);
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        self.flag.store(true, Ordering::Relaxed);
         ready.notify_ready();
     }
 }
