@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use pingora::apps::http_app::HttpServer;
@@ -19,6 +20,7 @@ use pingora::services::{ServiceHandle, ServiceWithDependents};
 use tracing::{info, warn};
 
 use crate::admin::AdminApp;
+use crate::auth::Auth;
 use crate::balance::Registry;
 use crate::config::Config;
 use crate::daemon::ParentReadyGate;
@@ -44,7 +46,7 @@ pub struct Cli {
     /// The router's YAML config (models, instances, `router:` settings).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Listen address, overriding `router.listen` (default 0.0.0.0:8947).
+    /// Listen address, overriding `router.listen` (default 127.0.0.1:8947).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
     #[command(flatten)]
@@ -63,6 +65,50 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// API keys of the keys file (`auth.keys_file`).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// A new key: printed once on the first line, then the keys-file entry holding only
+    /// its SHA-256 (paste it under the principal's `keys:`, then SIGHUP the router).
+    New {
+        /// The principal the key is for (its `id` in the keys file).
+        #[arg(long, value_name = "NAME")]
+        id: String,
+        /// A note kept next to the hash (default: today's date).
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+/// `llm-router keys new`: the key alone on stdout's first line, then its YAML entry.
+fn new_key(id: &str, label: Option<String>) -> i32 {
+    let key = match crate::auth::token::new_key() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let digest = crate::auth::token::hex(&crate::auth::token::digest(&key));
+    let label = label.unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%d").to_string());
+    // JSON strings are YAML strings: the label is quoted whatever it contains.
+    let label = serde_json::Value::from(label);
+    println!("{key}");
+    println!(
+        "# for principal `{id}`: paste under its `keys:` (the key above is not stored anywhere)"
+    );
+    println!("- {{sha256: \"{digest}\", label: {label}}}");
+    eprintln!(
+        "Give the key on the first line to `{id}`; it is shown only this once. Then reload the \
+         keys: `systemctl kill -s HUP --kill-who=main llm-router` (or kill -HUP <router pid>; never the engines)."
+    );
+    0
 }
 
 /// Loads a config, printing every problem; `None` means exit with [`EXIT_CONFIG`].
@@ -74,6 +120,23 @@ fn load(path: &Path) -> Option<Config> {
                 warn!("{w}");
             }
             Some(c)
+        }
+        Err(errs) => {
+            eprintln!("{errs}");
+            None
+        }
+    }
+}
+
+/// The keys file of a loaded config (when auth is on), printing every problem; `None`
+/// means exit with [`EXIT_CONFIG`].
+fn load_auth(config: &Config) -> Option<Arc<Auth>> {
+    match Auth::new(config) {
+        Ok((auth, warnings)) => {
+            for w in &warnings {
+                warn!("{w}");
+            }
+            Some(Arc::new(auth))
         }
         Err(errs) => {
             eprintln!("{errs}");
@@ -97,6 +160,9 @@ pub fn main() -> i32 {
     match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Embed { config }) => embed_only(&config, cli.pingora),
+        Some(Command::Keys {
+            action: KeysCommand::New { id, label },
+        }) => new_key(&id, label),
         None => {
             let Some(path) = cli.config.clone() else {
                 eprintln!("error: --config FILE is required (see --help)");
@@ -115,6 +181,9 @@ fn check(path: &Path) -> i32 {
     let Some(c) = load(path) else {
         return EXIT_CONFIG;
     };
+    if load_auth(&c).is_none() {
+        return EXIT_CONFIG;
+    }
     match serde_yaml::to_string(&c) {
         Ok(s) => {
             println!("# {}: OK", path.display());
@@ -414,9 +483,17 @@ fn run(cli: Cli, path: &Path) -> i32 {
     };
     if let Some(l) = cli.listen {
         config.router.listen = l;
+        if let Err(e) = config.check_exposure() {
+            eprintln!("config error: {e} (--listen)");
+            return EXIT_CONFIG;
+        }
     }
+    let Some(auth) = load_auth(&config) else {
+        return EXIT_CONFIG;
+    };
     let draining = Draining::default();
-    let router = match Router::new(&config, draining.clone()).and_then(|r| r.check().map(|_| r)) {
+    let router = Router::new(&config, draining.clone(), auth.clone());
+    let router = match router.and_then(|r| r.check().map(|_| r)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("config error: {}: {e}", path.display());
@@ -437,6 +514,12 @@ fn run(cli: Cli, path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
+    if auth.required() {
+        start.server.add_service(background_service(
+            "SIGHUP: reload keys",
+            crate::auth::reload::KeysReload(auth),
+        ));
+    }
     let connections = router.connections();
     let proxy = ConnGuard::new(
         Lingering::new(http_proxy(&start.server.configuration, router)),

@@ -27,7 +27,7 @@ fn check_accepts_both_seed_fixtures() {
         );
         assert!(stdout.contains(": OK"), "{stdout}");
         assert!(
-            stdout.contains("listen: 0.0.0.0:8947"),
+            stdout.contains("listen: 127.0.0.1:8947"),
             "defaults are shown: {stdout}"
         );
     }

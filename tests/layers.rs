@@ -12,8 +12,8 @@ const LAYERS: &[&[&str]] = &[
     // Shared HTTP pieces (errors, answers, routes, bodies, client, ids) and telemetry
     // (logs, metrics registry, access log).
     &["http", "telemetry"],
-    // Instances, their live state and the choice among them.
-    &["balance"],
+    // Instances, their live state and the choice among them; who is asking (API keys).
+    &["balance", "auth"],
     // The engine poller (health and load), the supervisor, the embedding service and the
     // introspection answers (`/metrics`, `/v1/router/instances`, the admin listener).
     &["scrape", "supervisor", "embed", "admin"],

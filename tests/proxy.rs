@@ -419,7 +419,7 @@ async fn concurrent_requests_spread_over_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headers_are_forwarded_minus_hop_by_hop() {
+async fn headers_are_forwarded_minus_hop_by_hop_and_credentials() {
     let (m, r) = one_engine("").await;
     let resp = client()
         .post(r.url("/v1/chat/completions"))
@@ -427,13 +427,19 @@ async fn headers_are_forwarded_minus_hop_by_hop() {
         .header("connection", "keep-alive, x-private")
         .header("x-private", "1")
         .header("x-custom", "kept")
+        .header("x-api-key", "sk-other")
+        .header("cookie", "session=1")
+        .header("x-llm-router-principal", "ops")
         .body(chat("m", false))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let h = m.last_headers();
-    assert_eq!(h["authorization"], "Bearer sk-test");
+    // The client's credentials and router-only claims never reach an engine.
+    for private in ["authorization", "x-api-key", "cookie", "x-llm-router-principal"] {
+        assert!(h.get(private).is_none(), "{private} was forwarded");
+    }
     assert_eq!(h["x-custom"], "kept");
     assert!(h.get("x-private").is_none());
     assert_eq!(h["host"], format!("127.0.0.1:{}", m.port()));

@@ -128,6 +128,8 @@ pub struct Model {
     pub kind: ModelKind,
     /// What the engine calls the model; the request's `model` is rewritten to it.
     pub served_name: String,
+    /// Sent to its engines as `Authorization: Bearer` (never the client's key).
+    pub api_key: Option<String>,
     pub engine: Option<Engine>,
     pub opts: Arc<BalancerOptions>,
     pub instances: Vec<Arc<Instance>>,
@@ -297,6 +299,7 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
         name: m.name.clone(),
         kind: m.kind,
         served_name: m.served_name.clone(),
+        api_key: m.api_key.as_ref().map(|k| k.0.clone()),
         engine: m.engine,
         opts,
         instances,

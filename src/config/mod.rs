@@ -9,6 +9,7 @@
 //! against the directory of the config file when it is loaded, before any fork: a
 //! daemon (`-d`) runs in `/`, and a service should not depend on where it was started.
 
+mod access;
 mod error;
 mod raw;
 mod validate;
@@ -21,6 +22,9 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Serialize;
 
+pub use access::{
+    check_exposure, is_loopback_host, AuthMode, AuthOptions, CacheSalt, GuardedField, RequestPolicy,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use values::{valid_log_level, AccessLogFormat, Engine, Pooling};
 
@@ -30,7 +34,8 @@ pub const DEFAULT_ONNXRUNTIME_PATH: &str = "models/onnxruntime/libonnxruntime.so
 /// Settings of the proxy itself (the `router:` section), with their defaults.
 #[derive(Debug, Clone, Serialize)]
 pub struct RouterOptions {
-    /// Where clients connect. Default `0.0.0.0:8947`; `--listen` overrides it.
+    /// Where clients connect. Default `127.0.0.1:8947` (another address needs `auth`);
+    /// `--listen` overrides it.
     pub listen: SocketAddr,
     /// Worker threads of the proxy service. Default: the number of CPU cores.
     pub threads: usize,
@@ -156,7 +161,7 @@ impl Default for ConnectionLimits {
 impl Default for RouterOptions {
     fn default() -> Self {
         RouterOptions {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8947)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8947)),
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -398,6 +403,25 @@ pub struct ModelConfig {
     /// Files and options of an embedding/rerank model (served by the embedding server).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embed: Option<EmbedModelSettings>,
+    /// Sent to the engine as `Authorization: Bearer` (`api_key` / `api_key_env`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+}
+
+/// A secret of the config: shown as `<redacted>` by `check` and in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
 }
 
 /// Seed keys of an `embedding_server` model, kept for the co-hosted ONNX service.
@@ -433,6 +457,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding: Option<EmbedServerOptions>,
     pub models: Vec<ModelConfig>,
+    pub auth: AuthOptions,
+    pub request_policy: RequestPolicy,
     /// Problems worth a warning but not a refusal (unknown keys).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -455,6 +481,18 @@ impl Config {
 
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    /// [`check_exposure`] of this config's listeners (again after `--listen`).
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        let embedding = self.embedding.as_ref().filter(|e| e.managed);
+        check_exposure(
+            self.auth.mode,
+            self.router.listen,
+            self.router.admin_listen,
+            embedding.map(|e| e.host.as_str()),
+        )
+        .map_err(|(key, reason)| ConfigError::new(&self.source, key, reason))
     }
 }
 

@@ -23,8 +23,39 @@ pub struct RawFile {
     pub balancer: RawBalancer,
     #[serde(default)]
     pub supervisor: RawSupervisor,
+    #[serde(default)]
+    pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub admission: RawAdmission,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
+}
+
+/// `auth:`: keys and who may use the admin routes. Every key is ours.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub mode: Option<super::AuthMode>,
+    pub keys_file: Option<String>,
+    pub accept_headers: Option<Vec<String>>,
+    pub admins: Option<Vec<String>>,
+}
+
+/// `admission:`. Every key is ours.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    #[serde(default)]
+    pub request_policy: RawRequestPolicy,
+}
+
+/// `admission.request_policy`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestPolicy {
+    pub max_n: Option<u64>,
+    pub strip_fields: Option<Vec<super::GuardedField>>,
+    pub cache_salt: Option<super::CacheSalt>,
 }
 
 /// One entry of `LLM_engines`.
@@ -47,6 +78,12 @@ pub struct RawLlmModel {
     /// Extra environment variables of the engine processes.
     #[serde(default)]
     pub env: IndexMap<String, String>,
+    /// The key the router sends to engines started with `--api-key` (never the client's).
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The environment variable (of the router) holding that key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }

@@ -47,7 +47,7 @@ fn seed_fixture_loads_unchanged() {
     assert_eq!(c.models.len(), 4);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     // Defaults of our own section.
-    assert_eq!(c.router.listen.to_string(), "0.0.0.0:8947");
+    assert_eq!(c.router.listen.to_string(), "127.0.0.1:8947");
     assert_eq!(c.router.max_body_bytes, 32 * 1024 * 1024);
 }
 

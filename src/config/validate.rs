@@ -38,7 +38,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<RawFile, ConfigErrors> {
 }
 
 /// Collects every problem instead of stopping at the first.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     file: &'a Path,
     /// The config file's directory (absolute): relative paths in the file are relative
     /// to it, never to the working directory (`-d` changes that to `/`).
@@ -71,7 +71,7 @@ impl Checker<'_> {
     }
 
     /// `p` as written in the file, resolved against the file's directory.
-    fn path(&self, p: &str) -> PathBuf {
+    pub(super) fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.as_os_str().is_empty() || p.is_absolute() {
             p.to_path_buf()
@@ -95,7 +95,7 @@ impl Checker<'_> {
         }
     }
 
-    fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError::new(self.file, key, reason));
     }
 
@@ -200,16 +200,24 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         );
     }
     check_unique(&mut c, &models);
+    let auth = super::access::resolve_auth(&mut c, raw.auth);
+    let request_policy = super::access::resolve_request_policy(&mut c, &raw.admission);
+    let config = Config {
+        source: file.to_path_buf(),
+        router,
+        balancer,
+        supervisor,
+        embedding,
+        models,
+        auth,
+        request_policy,
+        warnings: c.warnings,
+    };
+    if let Err(e) = config.check_exposure() {
+        c.errors.push(e);
+    }
     if c.errors.is_empty() {
-        Ok(Config {
-            source: file.to_path_buf(),
-            router,
-            balancer,
-            supervisor,
-            embedding,
-            models,
-            warnings: c.warnings,
-        })
+        Ok(config)
     } else {
         Err(ConfigErrors(c.errors))
     }
@@ -249,8 +257,10 @@ fn resolve_llm(
     };
     check_tensor_parallel(c, &base, &m.model_config.flags, &instances);
     let command = resolve_command(c, &base, m.command);
+    let api_key = resolve_api_key(c, &base, m.api_key, m.api_key_env);
     let tag = m.model_config.model_tag;
     ModelConfig {
+        api_key,
         engine: m.engine,
         command,
         env: m.env,
@@ -262,6 +272,40 @@ fn resolve_llm(
         instances,
         engine_flags: m.model_config.flags,
         embed: None,
+    }
+}
+
+/// `api_key` or `api_key_env` (read now, so a missing variable fails the start).
+fn resolve_api_key(
+    c: &mut Checker<'_>,
+    base: &str,
+    key: Option<String>,
+    env: Option<String>,
+) -> Option<super::Secret> {
+    match (key, env) {
+        (Some(_), Some(_)) => {
+            c.err(
+                format!("{base}.api_key_env"),
+                "set either api_key or api_key_env, not both",
+            );
+            None
+        }
+        (Some(k), None) if k.is_empty() => {
+            c.err(format!("{base}.api_key"), "must not be empty");
+            None
+        }
+        (Some(k), None) => Some(super::Secret(k)),
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(k) if !k.is_empty() => Some(super::Secret(k)),
+            _ => {
+                c.err(
+                    format!("{base}.api_key_env"),
+                    format!("environment variable `{var}` is not set (or empty)"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
     }
 }
 
@@ -742,6 +786,7 @@ fn embed_model(
         kind,
         model_tag: m.model_name,
         engine_flags: Default::default(),
+        api_key: None,
         embed: Some(EmbedModelSettings {
             model_path: c.path(&m.model_path).display().to_string(),
             tokenizer_path: m.tokenizer_path.map(|t| c.path(&t).display().to_string()),

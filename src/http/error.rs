@@ -49,8 +49,8 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// Seconds for a `Retry-After` header (503 only).
     pub retry_after: Option<u64>,
-    /// For 405: the methods the path accepts.
-    pub allow: Option<&'static str>,
+    /// Further response headers (`Allow` of a 405, `WWW-Authenticate`, ...).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -68,8 +68,36 @@ impl ApiError {
             code,
             param: None,
             retry_after: None,
-            allow: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// With a further response header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// 401: no usable credentials (`missing_api_key`) or a key that is not accepted
+    /// (`invalid_api_key`). The key is never echoed.
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            code,
+            message.into(),
+        )
+        .with_header("www-authenticate", "Bearer realm=\"llm-router\"")
+    }
+
+    /// 403: the key is valid but may not do this.
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "permission_denied",
+            message.into(),
+        )
     }
 
     pub fn with_param(mut self, param: &'static str) -> Self {
@@ -92,7 +120,7 @@ impl ApiError {
             "not_found_error",
             "model_not_found",
             format!(
-                "The model `{}` does not exist. Available models: {}",
+                "The model `{}` does not exist or you do not have access to it. Available models: {}",
                 clip(model),
                 listing(available)
             ),
@@ -110,7 +138,7 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Self {
-        let mut e = Self::new(
+        Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
             "method_not_allowed",
@@ -119,9 +147,8 @@ impl ApiError {
                 clip(method),
                 clip(path)
             ),
-        );
-        e.allow = Some(allow);
-        e
+        )
+        .with_header("allow", allow)
     }
 
     pub fn too_large(limit: u64) -> Self {
@@ -305,8 +332,10 @@ pub fn error_response(e: &ApiError) -> http::Response<Vec<u8>> {
     if let Some(v) = e.retry_after.and_then(|s| s.to_string().parse().ok()) {
         r.headers_mut().insert("retry-after", v);
     }
-    if let Some(v) = e.allow.and_then(|a| a.parse().ok()) {
-        r.headers_mut().insert("allow", v);
+    for (k, v) in &e.headers {
+        if let Ok(v) = v.parse() {
+            r.headers_mut().insert(*k, v);
+        }
     }
     r
 }

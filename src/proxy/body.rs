@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::config::GuardedField;
 use crate::http::ApiError;
 
 /// What the router needs from a request body.
@@ -19,6 +20,19 @@ pub struct RequestInfo {
     pub stream: bool,
     /// OpenAI's end-user id, a possible session-affinity key.
     pub user: Option<String>,
+    /// `n` when it is a non-negative integer.
+    pub n: Option<u64>,
+    /// Byte ranges of the values of the fields clients may not set, when present.
+    pub guarded: Vec<(GuardedField, (usize, usize))>,
+    /// Offset of the object's opening `{` (fields are inserted after it).
+    pub open: usize,
+}
+
+/// One change to a body: the bytes of `span` replaced by `text` (an empty span inserts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub span: (usize, usize),
+    pub text: String,
 }
 
 /// The fields the router reads or will act on. Each is named here, even when its value
@@ -47,6 +61,16 @@ struct Probe<'a> {
     priority: Option<&'a RawValue>,
     #[serde(borrow, default)]
     cache_salt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    kv_transfer_params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    vllm_xargs: Option<&'a RawValue>,
+}
+
+/// Byte range of `raw` (borrowed from `body`) inside `body`.
+fn span_in(body: &[u8], raw: &RawValue) -> (usize, usize) {
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    (start, start + raw.get().len())
 }
 
 /// Reads a whole JSON value only to check it: unlike `IgnoredAny`, it parses every number,
@@ -139,8 +163,18 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
         .with_param("model")
     })?;
     // `raw` borrows from `body`, so the pointer difference is its offset.
-    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-    let end = start + raw.get().len();
+    let (start, end) = span_in(body, raw);
+    let guarded = [
+        (GuardedField::Priority, probe.priority),
+        (GuardedField::CacheSalt, probe.cache_salt),
+        (GuardedField::KvTransferParams, probe.kv_transfer_params),
+        (GuardedField::VllmXargs, probe.vllm_xargs),
+    ]
+    .into_iter()
+    .filter_map(|(f, raw)| raw.map(|r| (f, span_in(body, r))))
+    .collect();
+    let n = probe.n.and_then(|r| r.get().parse::<u64>().ok());
+    let open = body.iter().position(|b| *b == b'{').unwrap_or(0);
     let stream = match probe.stream {
         None | Some(serde_json::Value::Null) => false,
         Some(serde_json::Value::Bool(b)) => b,
@@ -157,6 +191,9 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
         model_span: (start, end),
         stream,
         user: probe.user.and_then(|u| u.as_str().map(str::to_string)),
+        n,
+        guarded,
+        open,
     })
 }
 
@@ -169,20 +206,43 @@ pub async fn inspect_shared(body: &Bytes) -> Result<RequestInfo, ApiError> {
 /// pieces that share the client's buffer (the bytes before the value, the new value, the
 /// bytes after it), so a 30 MiB body is never held twice; a small one as one buffer.
 pub fn splice_model(body: &Bytes, info: &RequestInfo, new_model: &str) -> Vec<Bytes> {
-    if info.model == new_model {
+    splice(body, model_edit(info, new_model).into_iter().collect())
+}
+
+/// The edit that renames the model, if the name changes.
+pub fn model_edit(info: &RequestInfo, new_model: &str) -> Option<Edit> {
+    (info.model != new_model).then(|| Edit {
+        span: info.model_span,
+        text: serde_json::to_string(new_model).unwrap_or_default(),
+    })
+}
+
+/// `body` with `edits` applied (spans of the original body, not overlapping). A large
+/// body comes back as pieces of the client's buffer between the edits; a small one as
+/// one buffer (one write to the engine).
+pub fn splice(body: &Bytes, mut edits: Vec<Edit>) -> Vec<Bytes> {
+    if edits.is_empty() {
         return vec![body.clone()];
     }
-    let quoted = serde_json::to_string(new_model).unwrap_or_default();
-    let (start, end) = info.model_span;
-    if body.len() <= SPLICE_ABOVE {
-        // Small: one buffer, one write to the engine.
-        let mut out = BytesMut::with_capacity(body.len() - (end - start) + quoted.len());
-        out.extend_from_slice(&body[..start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&body[end..]);
-        return vec![out.freeze()];
+    edits.sort_by_key(|e| e.span);
+    let mut parts = Vec::with_capacity(2 * edits.len() + 1);
+    let mut at = 0;
+    for e in &edits {
+        let (start, end) = e.span;
+        parts.push(body.slice(at..start.max(at)));
+        parts.push(Bytes::from(e.text.clone()));
+        at = end.max(at);
     }
-    vec![body.slice(..start), Bytes::from(quoted), body.slice(end..)]
+    parts.push(body.slice(at..));
+    parts.retain(|p| !p.is_empty());
+    if body.len() > SPLICE_ABOVE {
+        return parts;
+    }
+    let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+    vec![out.freeze()]
 }
 
 /// Bodies larger than this are forwarded as pieces of the client's buffer, not copied.

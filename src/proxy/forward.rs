@@ -25,6 +25,7 @@ use pingora::{Error, ErrorType};
 use tracing::{debug, warn};
 
 use super::usage::{SseUsage, Usage};
+use crate::auth;
 use crate::balance::{InFlightGuard, Instance, Model};
 use crate::config::RouterOptions;
 use crate::http::ApiError;
@@ -108,7 +109,7 @@ impl Forwarder {
         out: &mut Outcome,
     ) -> Result<(), ApiError> {
         let len = body.iter().map(Bytes::len).sum();
-        let header = upstream_header(session.req_header(), len)?;
+        let header = upstream_header(session.req_header(), len, model.api_key.as_deref())?;
         let n = model.instances.len();
         let max_attempts = self.opts.max_attempts.unwrap_or(n).min(n);
         let mut tried = Vec::with_capacity(2);
@@ -496,8 +497,28 @@ fn is_timeout(e: &Error) -> bool {
 }
 
 /// The client's header, minus hop-by-hop fields, with the body's new length.
-fn upstream_header(client: &RequestHeader, body_len: usize) -> Result<RequestHeader, ApiError> {
+/// The client's header for the engine: HTTP/1.1, origin-form, no hop-by-hop fields, no
+/// client credentials or router-only claims ([`auth::is_private_header`]); the engine's
+/// own key (`api_key`) when it has one.
+fn upstream_header(
+    client: &RequestHeader,
+    body_len: usize,
+    engine_key: Option<&str>,
+) -> Result<RequestHeader, ApiError> {
     let mut h = client.clone();
+    let private: Vec<http::HeaderName> = client
+        .headers
+        .keys()
+        .filter(|k| auth::is_private_header(k.as_str()))
+        .cloned()
+        .collect();
+    for name in private {
+        h.remove_header(&name);
+    }
+    if let Some(key) = engine_key {
+        h.insert_header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .map_err(|_| ApiError::internal("the model's api_key is not a valid header value"))?;
+    }
     h.set_version(http::Version::HTTP_11);
     // An absolute-form target (`POST http://host/v1/...`) goes on as origin-form: Pingora
     // keeps the whole target for the wire and only the path in the URI.

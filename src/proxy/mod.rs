@@ -8,6 +8,7 @@ pub mod forward;
 pub mod guard;
 pub mod head;
 pub mod linger;
+pub mod policy;
 mod routes;
 pub mod usage;
 
@@ -25,8 +26,11 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::admin::{self, Introspect};
+use crate::auth::{Auth, Denied, Principal};
 use crate::balance::{Model, Registry};
-use crate::config::{AffinityKey, ClientTimeouts, Config, ModelKind, Policy, RequestLimits};
+use crate::config::{
+    AffinityKey, ClientTimeouts, Config, ModelKind, Policy, RequestLimits, RequestPolicy,
+};
 use crate::http::budget;
 use crate::http::request_body;
 use crate::http::request_id;
@@ -34,6 +38,7 @@ use crate::http::routes::Routes;
 use crate::http::ApiError;
 use crate::lifecycle::drain;
 use crate::telemetry::access::{now_rfc3339, AccessLog, AccessRecord};
+use crate::telemetry::audit;
 use crate::telemetry::metrics;
 
 pub use crate::http::request_id::HEADER as REQUEST_ID;
@@ -58,6 +63,8 @@ pub struct Router {
     /// Request bodies held at once.
     bodies: budget::BodyBudget,
     routes: Routes<Route>,
+    auth: Arc<Auth>,
+    policy: RequestPolicy,
 }
 
 /// Per-request state, kept for logging.
@@ -77,10 +84,16 @@ pub struct RequestCtx {
     _on_connection: Option<guard::OnConnection>,
     /// Room reserved for the request body, given back with the context.
     _body_room: budget::Reserved,
+    /// Who is asking (auth on).
+    principal: Option<Arc<Principal>>,
 }
 
 impl Router {
-    pub fn new(config: &Config, draining: drain::Draining) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        draining: drain::Draining,
+        auth: Arc<Auth>,
+    ) -> Result<Self, String> {
         Ok(Router {
             registry: Registry::new(config)?,
             forwarder: Forwarder::new(config.router.clone()),
@@ -103,6 +116,8 @@ impl Router {
             ),
             connections: guard::Connections::new(config.router.connections, config.router.timeouts),
             routes: routes::table(),
+            auth,
+            policy: config.request_policy.clone(),
         })
     }
 
@@ -130,35 +145,137 @@ impl Router {
             &self.request_limits,
         )?;
         let found = self.routes.resolve(h.method.as_str(), h.uri.path())?;
+        if found.route != Route::Introspect(Introspect::Health) {
+            ctx.principal = self
+                .auth
+                .authenticate(&h.headers)
+                .map_err(|d| self.deny(session, ctx, *d))?;
+        }
+        let principal = ctx.principal.clone();
+        let principal = principal.as_deref();
         match found.route {
-            // With an admin listener, introspection other than `/health` lives only there.
-            Route::Introspect(Introspect::Metrics | Introspect::Instances) if self.admin_only => {
-                Err(ApiError::path_not_found(h.uri.path()))
+            Route::Introspect(what @ (Introspect::Metrics | Introspect::Instances)) => {
+                self.admin_route(session, ctx, what, principal).await
             }
             Route::Introspect(what) => {
-                let draining = self.draining.is_set() || session.is_process_shutting_down();
-                let page = admin::answer(what, &self.registry, draining);
-                let ct = [("content-type", page.content_type.to_string())];
-                let _ = write_response(session, page.status, page.body.into(), &ct).await;
+                self.introspect(session, what).await;
                 Ok(())
             }
             Route::Models => {
-                let data: Vec<_> = self.registry.models().map(|m| self.model_card(m)).collect();
+                self.may_call(session, ctx, "models")?;
+                let data: Vec<_> = self
+                    .visible_models(principal)
+                    .map(|m| self.model_card(m))
+                    .collect();
                 let body = json!({ "object": "list", "data": data });
                 write_json(session, 200, body.to_string().into()).await;
                 Ok(())
             }
             Route::Model => {
-                let id = found.rest.to_string();
-                let m = self.registry.get(&id).ok_or_else(|| self.not_found(&id))?;
+                self.may_call(session, ctx, "models")?;
+                let m = self.allowed_model(session, ctx, found.rest)?;
                 write_json(session, 200, self.model_card(m).to_string().into()).await;
                 Ok(())
             }
             Route::Inference(endpoint) => {
                 ctx.endpoint = endpoint.label();
+                self.may_call(session, ctx, endpoint.permission())?;
                 self.inference(session, ctx, endpoint).await
             }
         }
+    }
+
+    /// `/metrics`, `/v1/router/instances` on the main port: with auth on, for the
+    /// principals of `auth.admins`; with auth off, only without an admin listener.
+    async fn admin_route(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        what: Introspect,
+        principal: Option<&Principal>,
+    ) -> Result<(), ApiError> {
+        match principal {
+            Some(p) if !self.auth.is_admin(p) => {
+                let d = Denied::forbidden("admin_denied", p, "the admin routes");
+                return Err(self.deny(session, ctx, d));
+            }
+            None if self.admin_only => {
+                return Err(ApiError::path_not_found(session.req_header().uri.path()))
+            }
+            _ => {}
+        }
+        self.introspect(session, what).await;
+        Ok(())
+    }
+
+    async fn introspect(&self, session: &mut Session, what: Introspect) {
+        let draining = self.draining.is_set() || session.is_process_shutting_down();
+        let page = admin::answer(what, &self.registry, draining);
+        let ct = [("content-type", page.content_type.to_string())];
+        let _ = write_response(session, page.status, page.body.into(), &ct).await;
+    }
+
+    /// 403 unless the request's principal (if any) may call endpoint `name`.
+    fn may_call(&self, session: &Session, ctx: &RequestCtx, name: &str) -> Result<(), ApiError> {
+        match ctx.principal.as_deref() {
+            Some(p) if !p.may_call(name) => {
+                let what = format!("the `{name}` endpoints");
+                Err(self.deny(session, ctx, Denied::forbidden("endpoint_denied", p, &what)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The configured model `name` if the request's principal may use it; else the
+    /// same 404 as for a model that does not exist.
+    fn allowed_model(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        name: &str,
+    ) -> Result<&Model, ApiError> {
+        let p = ctx.principal.as_deref();
+        let found = self.registry.get(name);
+        match (found, p) {
+            (Some(m), Some(p)) if !p.may_use(&m.name) => {
+                let e = self.not_found(name, Some(p));
+                Err(self.deny(session, ctx, Denied::model(p, e)))
+            }
+            (Some(m), _) => Ok(m),
+            (None, _) => Err(self.not_found(name, p)),
+        }
+    }
+
+    /// The models a principal may use (all of them with auth off).
+    fn visible_models<'a>(
+        &'a self,
+        principal: Option<&'a Principal>,
+    ) -> impl Iterator<Item = &'a Model> + 'a {
+        self.registry
+            .models()
+            .map(|m| m.as_ref())
+            .filter(move |m| principal.is_none_or(|p| p.may_use(&m.name)))
+    }
+
+    /// Writes the audit line of a refusal and returns its answer.
+    fn deny(&self, session: &Session, ctx: &RequestCtx, d: Denied) -> ApiError {
+        let h = session.req_header();
+        let client = session
+            .client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        audit::denied(&audit::Denial {
+            reason: d.reason,
+            request_id: &ctx.request_id,
+            client: &client,
+            principal: d.principal.as_deref(),
+            key_fp: d.key_fp.as_deref(),
+            method: h.method.as_str(),
+            path: h.uri.path(),
+            model: ctx.model.as_deref(),
+            status: d.error.status.as_u16(),
+        });
+        d.error
     }
 
     async fn inference(
@@ -176,9 +293,14 @@ impl Router {
         )
         .await?;
         let info = match body::inspect_shared(&body).await {
-            // text-embeddings-inference's `/rerank` names no model: the first reranker.
+            // text-embeddings-inference's `/rerank` names no model: the first reranker
+            // the principal may use.
             Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
-                let Some(m) = self.registry.models().find(|m| m.kind == ModelKind::Rerank) else {
+                let p = ctx.principal.clone();
+                let Some(m) = self
+                    .visible_models(p.as_deref())
+                    .find(|m| m.kind == ModelKind::Rerank)
+                else {
                     return Err(e);
                 };
                 ctx.model = Some(m.name.clone());
@@ -189,10 +311,7 @@ impl Router {
             }
             r => r?,
         };
-        let model = self
-            .registry
-            .get(&info.model)
-            .ok_or_else(|| self.not_found(&info.model))?;
+        let model = self.allowed_model(session, ctx, &info.model)?;
         ctx.model = Some(model.name.clone());
         if !endpoint.accepts(model.kind) {
             return Err(ApiError::bad_request(
@@ -206,8 +325,15 @@ impl Router {
             )
             .with_param("model"));
         }
+        let edits = policy::edits(
+            &self.policy,
+            &info,
+            &model.served_name,
+            ctx.principal.as_deref(),
+            endpoint.generates(),
+        )?;
         let key = affinity_key(session, model, &info);
-        let body = body::splice_model(&body, &info, &model.served_name);
+        let body = body::splice(&body, edits);
         self.forwarder
             .forward(session, model, body, key.as_bytes(), &mut ctx.outcome)
             .await
@@ -223,8 +349,12 @@ impl Router {
         id
     }
 
-    fn not_found(&self, name: &str) -> ApiError {
-        let names: Vec<&str> = self.registry.models().map(|m| m.name.as_str()).collect();
+    /// 404 for `name`, listing only the models `principal` may use.
+    fn not_found(&self, name: &str, principal: Option<&Principal>) -> ApiError {
+        let names: Vec<&str> = self
+            .visible_models(principal)
+            .map(|m| m.name.as_str())
+            .collect();
         ApiError::model_not_found(name, &names)
     }
 
@@ -284,7 +414,7 @@ async fn write_response(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
-    let mut h = ResponseHeader::build(status, Some(4))?;
+    let mut h = ResponseHeader::build(status, Some(4 + extra.len()))?;
     h.insert_header(header::CONTENT_TYPE, "application/json")?;
     h.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     for (k, v) in extra {
@@ -299,9 +429,7 @@ async fn write_error(session: &mut Session, e: &ApiError, request_id: &str) {
     if let Some(s) = e.retry_after {
         extra.push(("retry-after", s.to_string()));
     }
-    if let Some(a) = e.allow {
-        extra.push(("allow", a.to_string()));
-    }
+    extra.extend(e.headers.iter().cloned());
     // After an error the rest of the request body may still be unread: don't reuse the
     // connection for another request.
     session.set_keepalive(None);

@@ -34,6 +34,21 @@ impl Endpoint {
         }
     }
 
+    /// The name a keys file allows it by (`endpoints:`).
+    pub fn permission(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Rerank => "rerank",
+        }
+    }
+
+    /// Chat or completions: requests that generate (and fill an engine's prefix cache).
+    pub fn generates(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+
     /// Whether a model of `kind` can answer this endpoint. LLM engines may serve
     /// embeddings (vLLM pooling models), so only the obviously wrong pairs are refused.
     pub fn accepts(self, kind: ModelKind) -> bool {

@@ -124,6 +124,24 @@ pub static ACCESS_LOG_DROPPED: LazyLock<prometheus::Counter> = LazyLock::new(|| 
     .expect("registers once")
 });
 
+pub static DENIED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "llm_router_denied_total",
+        "Requests refused by auth or policy, by reason (missing_key, unknown_key, model_denied, ...)",
+        &["reason"]
+    )
+    .expect("registers once")
+});
+
+pub static KEYS_RELOADS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "llm_router_keys_reload_total",
+        "Keys file reloads (SIGHUP), by result (ok, error)",
+        &["result"]
+    )
+    .expect("registers once")
+});
+
 /// Set from the registry when a metrics page is made (`admin::metrics_page`).
 pub static INSTANCE: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(

@@ -2,6 +2,7 @@
 //! ([`access`]).
 
 pub mod access;
+pub mod audit;
 pub mod metrics;
 
 use async_trait::async_trait;

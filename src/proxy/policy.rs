@@ -1,0 +1,129 @@
+//! `admission.request_policy`: what the router changes in, or refuses about, a request
+//! body before an engine sees it. Fields only the router may set (`priority`,
+//! `cache_salt`, `kv_transfer_params`, `vllm_xargs`) are overwritten in place (the body
+//! is spliced, never re-serialised), and each principal's generation requests carry its
+//! own `cache_salt` so that tenants never share prefix-cache entries.
+
+use crate::auth::{self, Principal};
+use crate::config::{CacheSalt, GuardedField, RequestPolicy};
+use crate::http::ApiError;
+
+use super::body::{model_edit, Edit, RequestInfo};
+
+/// The edits of a request's body for the engine serving `served_name`. `generation`:
+/// chat or completions (the requests that fill an engine's prefix cache).
+pub fn edits(
+    policy: &RequestPolicy,
+    info: &RequestInfo,
+    served_name: &str,
+    principal: Option<&Principal>,
+    generation: bool,
+) -> Result<Vec<Edit>, ApiError> {
+    if let Some(n) = info.n.filter(|n| *n > policy.max_n) {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            format!(
+                "`n` is {n}; at most {} (admission.request_policy.max_n)",
+                policy.max_n
+            ),
+        )
+        .with_param("n"));
+    }
+    let salt = principal
+        .filter(|_| generation && policy.cache_salt == CacheSalt::PerPrincipal)
+        .map(|p| serde_json::to_string(&auth::cache_salt(p)).unwrap_or_default());
+    let mut out: Vec<Edit> = model_edit(info, served_name).into_iter().collect();
+    let mut salted = false;
+    for (field, span) in &info.guarded {
+        let text = match (field, &salt) {
+            (GuardedField::CacheSalt, Some(s)) => {
+                salted = true;
+                s.clone()
+            }
+            _ if policy.strip_fields.contains(field) => field.neutral().to_string(),
+            _ => continue,
+        };
+        out.push(Edit { span: *span, text });
+    }
+    if let Some(s) = salt.filter(|_| !salted) {
+        let at = info.open + 1;
+        out.push(Edit {
+            span: (at, at),
+            text: format!("\"cache_salt\":{s},"),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::body::{inspect, splice};
+    use bytes::Bytes;
+
+    fn principal(id: &str) -> std::sync::Arc<Principal> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.yaml");
+        std::fs::write(&p, format!("version: 1\nprincipals:\n  - id: {id}\n")).unwrap();
+        let (keys, _) = auth::Keys::load(&p, &["m"]).unwrap();
+        keys.principal(id).unwrap().clone()
+    }
+
+    fn apply(body: &str, principal: Option<&Principal>, generation: bool) -> serde_json::Value {
+        let body = Bytes::from(body.to_string());
+        let info = inspect(&body).unwrap();
+        let e = edits(
+            &RequestPolicy::default(),
+            &info,
+            "engine-m",
+            principal,
+            generation,
+        )
+        .unwrap();
+        let out: Vec<u8> = splice(&body, e).concat();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn client_fields_are_overwritten_and_each_principal_gets_its_salt() {
+        let a = principal("team-a");
+        let b = principal("team-b");
+        let sent = r#"{"model":"m","priority":-100,"cache_salt":"steal","kv_transfer_params":{"x":1},"vllm_xargs":{"y":2},"messages":[]}"#;
+        let v = apply(sent, Some(&a), true);
+        assert_eq!(v["model"], "engine-m");
+        assert_eq!(v["priority"], 0);
+        assert_eq!(v["kv_transfer_params"], serde_json::Value::Null);
+        assert_eq!(v["vllm_xargs"], serde_json::Value::Null);
+        assert_eq!(v["cache_salt"], auth::cache_salt(&a));
+        assert_eq!(v["messages"], serde_json::json!([]));
+        // Inserted when absent; another principal, another salt; stable.
+        let v2 = apply(r#"  {"model":"m"}"#, Some(&b), true);
+        assert_eq!(v2["cache_salt"], auth::cache_salt(&b));
+        assert_ne!(v2["cache_salt"], v["cache_salt"]);
+        assert_eq!(auth::cache_salt(&a), auth::cache_salt(&principal("team-a")));
+        // No principal (auth off) or not a generation: the client's salt is removed.
+        assert_eq!(
+            apply(sent, None, true)["cache_salt"],
+            serde_json::Value::Null
+        );
+        let emb = apply(r#"{"model":"m","input":"x"}"#, Some(&a), false);
+        assert!(emb.get("cache_salt").is_none());
+    }
+
+    #[test]
+    fn n_over_the_cap_is_a_400() {
+        let body = Bytes::from_static(br#"{"model":"m","n":9}"#);
+        let info = inspect(&body).unwrap();
+        let e = edits(&RequestPolicy::default(), &info, "m", None, true).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param), (400, Some("n")));
+        let ok = Bytes::from_static(br#"{"model":"m","n":8}"#);
+        assert!(edits(
+            &RequestPolicy::default(),
+            &inspect(&ok).unwrap(),
+            "m",
+            None,
+            true
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,96 @@
+"""The OpenAI Python SDK with API keys: a key from `llm-router keys new`, chat and
+streaming, and the SDK's own exception types for 401, 403 and 404."""
+
+import os
+import subprocess
+import tempfile
+
+import openai
+import pytest
+
+from test_openai_sdk import ROUTER_BIN, free_port, start_mock, wait_health
+
+
+def new_key(principal):
+    out = subprocess.run(
+        [ROUTER_BIN, "keys", "new", "--id", principal], check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    return out[0], out[2]  # the key, its keys-file entry (hash only)
+
+
+@pytest.fixture(scope="module")
+def router():
+    procs = []
+    try:
+        m1, p1 = start_mock("auth-1")
+        m2, p2 = start_mock("auth-2")
+        procs += [m1, m2]
+        tmp = tempfile.mkdtemp()
+        chat_key, chat_entry = new_key("chat-team")
+        emb_key, emb_entry = new_key("embed-only")
+        with open(os.path.join(tmp, "keys.yaml"), "w") as f:
+            f.write(
+                "version: 1\nprincipals:\n"
+                f"  - id: chat-team\n    models: [chat-model]\n    keys:\n    {chat_entry}\n"
+                f"  - id: embed-only\n    endpoints: [embeddings, models]\n    keys:\n    {emb_entry}\n"
+            )
+        cfg = os.path.join(tmp, "config.yaml")
+        with open(cfg, "w") as f:
+            f.write(
+                "LLM_engines:\n"
+                "  chat-model:\n"
+                f"    instances: [{{id: c1, host: 127.0.0.1, port: {p1}, managed: false}}]\n"
+                "    model_config: {model_tag: org/Chat-Model}\n"
+                "  other-model:\n"
+                f"    instances: [{{id: o1, host: 127.0.0.1, port: {p2}, managed: false}}]\n"
+                "    model_config: {model_tag: org/Other}\n"
+                "auth:\n  keys_file: keys.yaml\n"
+            )
+        port = free_port()
+        r = subprocess.Popen(
+            [ROUTER_BIN, "--config", cfg, "--listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(tmp, "router.log"), "w"),
+        )
+        procs.append(r)
+        wait_health(f"http://127.0.0.1:{port}/health", r)
+        yield f"http://127.0.0.1:{port}/v1", chat_key, emb_key
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def client(base, key):
+    return openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def test_a_key_serves_chat_and_streams(router):
+    base, key, _ = router
+    c = client(base, key)
+    assert [m.id for m in c.models.list()] == ["chat-model"]
+    r = c.chat.completions.create(model="chat-model", messages=HELLO, max_tokens=4)
+    assert r.choices[0].message.content.startswith("tok0")
+    parts = [
+        ch.choices[0].delta.content or ""
+        for ch in c.chat.completions.create(model="chat-model", messages=HELLO, stream=True)
+        if ch.choices
+    ]
+    assert "".join(parts).startswith("tok0 ")
+
+
+def test_the_sdk_raises_its_own_exceptions(router):
+    base, key, emb_key = router
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(base, "sk-not-ours").models.list()
+    assert e.value.code == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as e:
+        client(base, key).chat.completions.create(model="other-model", messages=HELLO)
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client(base, emb_key).chat.completions.create(model="chat-model", messages=HELLO)
+    assert e.value.code == "permission_denied"
