@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use llm_router::config::RequestLimits;
-use llm_router::proxy::{body, head, usage};
+use llm_router::proxy::{body, head, usage, usage_event};
 use llm_router::scrape::{dialect, prom};
 
 /// The request-body probe and the model splice: a body the probe accepts has its
@@ -127,6 +127,54 @@ pub fn sse_usage(data: &[u8]) {
         (at, n) = (to, n % 7 + 1);
     }
     assert_eq!(scan(&mut uneven.into_iter()), whole, "uneven pieces");
+}
+
+/// Cuts `stream` into the pieces of [`sse_usage`]'s forms: fixed `size`, 1 byte, uneven.
+fn cuttings(stream: &[u8], size: usize) -> Vec<Vec<&[u8]>> {
+    let mut uneven = Vec::new();
+    let (mut at, mut n) = (0, 1);
+    while at < stream.len() {
+        let to = (at + n).min(stream.len());
+        uneven.push(&stream[at..to]);
+        (at, n) = (to, n % 7 + 1);
+    }
+    vec![
+        stream.chunks(size).collect(),
+        stream.chunks(1).collect(),
+        uneven,
+    ]
+}
+
+/// The filter that takes the router's usage event out of a stream: the client gets the
+/// same bytes however the stream is cut, every byte it gets was sent in that order, and
+/// a stream without a usage event passes unchanged.
+pub fn usage_event(data: &[u8]) {
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
+    let run = |pieces: &[&[u8]]| {
+        let mut f = usage_event::UsageEventFilter::default();
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend_from_slice(&f.filter(Bytes::copy_from_slice(p)));
+        }
+        out.extend_from_slice(&f.finish());
+        (out, f.dropped)
+    };
+    let (whole, dropped) = run(&[stream]);
+    for pieces in cuttings(stream, usize::from(seed % 32) + 1) {
+        assert_eq!(run(&pieces), (whole.clone(), dropped), "cut differently");
+    }
+    if dropped == 0 {
+        assert_eq!(whole, stream);
+    } else {
+        assert!(whole.len() < stream.len());
+        let mut rest = stream.iter();
+        assert!(
+            whole.iter().all(|b| rest.any(|x| x == b)),
+            "not a subsequence"
+        );
+    }
 }
 
 /// The request-head policy: any head (as Pingora would hand it over: a method, a

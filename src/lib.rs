@@ -5,6 +5,7 @@
 //! [`telemetry`] (logs), [`cli`] (command line and server start-up).
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod balance;
 pub mod cli;

@@ -56,3 +56,8 @@ fn sse_usage_corpus() {
 fn request_head_corpus() {
     replay("request_head", harness::request_head);
 }
+
+#[test]
+fn usage_event_corpus() {
+    replay("usage_event", harness::usage_event);
+}

@@ -16,7 +16,8 @@ const LAYERS: &[&[&str]] = &[
     &["balance", "auth"],
     // The engine poller (health and load), the supervisor, the embedding service and the
     // introspection answers (`/metrics`, `/v1/router/instances`, the admin listener).
-    &["scrape", "supervisor", "embed", "admin"],
+    // Admission (per-principal limits) too.
+    &["scrape", "supervisor", "embed", "admin", "admission"],
     // The public port.
     &["proxy"],
     // Process: daemon mode and readiness, then the command line.

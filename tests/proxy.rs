@@ -147,8 +147,12 @@ async fn sse_events_arrive_as_the_engine_emits_them() {
         first < Duration::from_millis(400),
         "first event after {first:?} (total {total:?})"
     );
-    assert_eq!(text.matches("data: ").count(), 7, "{text}");
+    // Five tokens and `[DONE]`: the usage event the router asked the engine for is not
+    // passed on to a client that did not ask for it.
+    assert_eq!(text.matches("data: ").count(), 6, "{text}");
+    assert!(!text.contains("\"usage\""), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(m.last_json()["stream_options"]["include_usage"], true);
     assert_eq!(m.completed(), 1);
 }
 
@@ -437,7 +441,12 @@ async fn headers_are_forwarded_minus_hop_by_hop_and_credentials() {
     assert_eq!(resp.status(), 200);
     let h = m.last_headers();
     // The client's credentials and router-only claims never reach an engine.
-    for private in ["authorization", "x-api-key", "cookie", "x-llm-router-principal"] {
+    for private in [
+        "authorization",
+        "x-api-key",
+        "cookie",
+        "x-llm-router-principal",
+    ] {
         assert!(h.get(private).is_none(), "{private} was forwarded");
     }
     assert_eq!(h["x-custom"], "kept");

@@ -147,7 +147,8 @@ pub struct Principal {
     /// `None`: every endpoint.
     endpoints: Option<HashSet<String>>,
     pub limits: Limits,
-    /// Per configured model, over [`Self::limits`].
+    /// Per configured model: limits of its requests, counted apart and also within
+    /// [`Self::limits`].
     pub model_limits: HashMap<String, Limits>,
     pub enabled: bool,
 }
@@ -230,17 +231,6 @@ impl Keys {
         for (i, p) in raw.principals.into_iter().enumerate() {
             b.principal(i, p, &raw.defaults);
         }
-        let limited = b
-            .keys
-            .principals
-            .iter()
-            .any(|p| p.limits != Limits::default() || !p.model_limits.is_empty());
-        if limited {
-            b.warnings.push(format!(
-                "{}: limits: checked, but not enforced by this version of llm-router",
-                path.display()
-            ));
-        }
         if b.errors.is_empty() {
             Ok((b.keys, b.warnings))
         } else {
@@ -296,7 +286,7 @@ impl Builder<'_> {
                     "must be at least 1",
                 );
             }
-            model_limits.insert(name, l.over(limits));
+            model_limits.insert(name, l);
         }
         let principal = Arc::new(Principal {
             id: p.id,
@@ -412,22 +402,22 @@ mod tests {
     const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
     #[test]
-    fn principals_with_globs_endpoints_and_merged_limits() {
+    fn principals_with_globs_endpoints_and_limits_over_defaults() {
         let (keys, warnings) = load(&format!(
             "version: 1\ndefaults: {{class: sheddable, limits: {{max_in_flight: 8, requests_per_minute: 60}}}}\n\
              principals:\n  - id: a\n    models: ['bge-*']\n    endpoints: [embeddings]\n    keys: [{{sha256: '{H1}'}}, {{sha256: '{H2}', expires: 2030-01-01T00:00:00Z}}]\n    limits: {{requests_per_minute: 5}}\n    model_limits: {{bge-small: {{max_in_flight: 2}}}}\n"
         ))
         .unwrap();
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("not enforced"), "{warnings:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
         let a = keys.principal("a").unwrap();
         assert_eq!(a.class, Class::Sheddable);
         assert!(a.may_use("bge-large") && !a.may_use("Qwen3"));
         assert!(a.may_call("embeddings") && !a.may_call("chat"));
         assert_eq!(a.limits.max_in_flight, Some(8));
         assert_eq!(a.limits.requests_per_minute, Some(5));
+        // A model's limits are its own (counted within the principal's).
         let m = a.model_limits["bge-small"];
-        assert_eq!((m.max_in_flight, m.requests_per_minute), (Some(2), Some(5)));
+        assert_eq!((m.max_in_flight, m.requests_per_minute), (Some(2), None));
         assert_eq!(keys.key_count(), 2);
         let e = keys.lookup(&parse_digest(H2).unwrap()).unwrap();
         assert_eq!(e.principal.id, "a");

@@ -83,6 +83,19 @@ impl Denied {
     }
 }
 
+impl Denied {
+    /// A limit of `principal` refused the request (`reason`: `rpm`, `tpm`, `tpd`,
+    /// `in_flight`, `too_large`).
+    pub fn limited(principal: &Principal, reason: &'static str, error: ApiError) -> Self {
+        Denied {
+            reason,
+            key_fp: None,
+            principal: Some(principal.id.clone()),
+            error,
+        }
+    }
+}
+
 /// What the client presented.
 enum Presented<'a> {
     Nothing,

@@ -115,6 +115,70 @@ impl Default for RequestPolicy {
     }
 }
 
+/// `admission.tokens.accounting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accounting {
+    /// Reserve an estimate at admission, settle with the reported usage (exact: a
+    /// principal cannot start more work at once than its minute allows).
+    Reserve,
+    /// Charge the reported usage after the answer (simpler; concurrent requests overshoot).
+    After,
+}
+
+/// `admission.tokens.on_missing_usage`: the charge of an answer that reported no usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingUsage {
+    /// The prompt estimate plus one token per streamed event.
+    Chunks,
+    /// The whole reservation.
+    Reservation,
+}
+
+/// `admission.tokens`: how tokens are reserved and charged against `tokens_per_minute`
+/// and `tokens_per_day`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenOptions {
+    pub accounting: Accounting,
+    /// Completion tokens reserved per choice when a request names no `max_tokens`.
+    pub default_completion_reserve: u64,
+    /// Ask engines for a stream's usage (`stream_options.include_usage`) and take that
+    /// extra event out again when the client did not ask for it.
+    pub inject_stream_usage: bool,
+    pub on_missing_usage: OnMissingUsage,
+}
+
+impl Default for TokenOptions {
+    fn default() -> Self {
+        TokenOptions {
+            accounting: Accounting::Reserve,
+            default_completion_reserve: 1024,
+            inject_stream_usage: true,
+            on_missing_usage: OnMissingUsage::Chunks,
+        }
+    }
+}
+
+pub(super) fn resolve_tokens(c: &mut Checker<'_>, raw: &RawAdmission) -> TokenOptions {
+    let d = TokenOptions::default();
+    let t = &raw.tokens;
+    if t.default_completion_reserve == Some(0) {
+        c.err(
+            "admission.tokens.default_completion_reserve",
+            "must be at least 1",
+        );
+    }
+    TokenOptions {
+        accounting: t.accounting.unwrap_or(d.accounting),
+        default_completion_reserve: t
+            .default_completion_reserve
+            .unwrap_or(d.default_completion_reserve),
+        inject_stream_usage: t.inject_stream_usage.unwrap_or(d.inject_stream_usage),
+        on_missing_usage: t.on_missing_usage.unwrap_or(d.on_missing_usage),
+    }
+}
+
 /// Header names a key may come in.
 const KEY_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
 

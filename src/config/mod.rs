@@ -23,7 +23,8 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 pub use access::{
-    check_exposure, is_loopback_host, AuthMode, AuthOptions, CacheSalt, GuardedField, RequestPolicy,
+    check_exposure, is_loopback_host, Accounting, AuthMode, AuthOptions, CacheSalt, GuardedField,
+    OnMissingUsage, RequestPolicy, TokenOptions,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use values::{valid_log_level, AccessLogFormat, Engine, Pooling};
@@ -459,6 +460,11 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub auth: AuthOptions,
     pub request_policy: RequestPolicy,
+    /// `admission.tokens`: how tokens are reserved and charged.
+    pub tokens: TokenOptions,
+    /// `admission.headers`: `x-ratelimit-*` on authenticated answers (`openai`, default)
+    /// or not (`none`).
+    pub rate_headers: bool,
     /// Problems worth a warning but not a refusal (unknown keys).
     #[serde(skip)]
     pub warnings: Vec<String>,

@@ -47,6 +47,27 @@ pub struct RawAuth {
 pub struct RawAdmission {
     #[serde(default)]
     pub request_policy: RawRequestPolicy,
+    #[serde(default)]
+    pub tokens: RawTokens,
+    pub headers: Option<RateHeadersMode>,
+}
+
+/// `admission.headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateHeadersMode {
+    Openai,
+    None,
+}
+
+/// `admission.tokens`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    pub accounting: Option<super::Accounting>,
+    pub default_completion_reserve: Option<u64>,
+    pub inject_stream_usage: Option<bool>,
+    pub on_missing_usage: Option<super::OnMissingUsage>,
 }
 
 /// `admission.request_policy`.

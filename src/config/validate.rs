@@ -202,6 +202,8 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
     check_unique(&mut c, &models);
     let auth = super::access::resolve_auth(&mut c, raw.auth);
     let request_policy = super::access::resolve_request_policy(&mut c, &raw.admission);
+    let tokens = super::access::resolve_tokens(&mut c, &raw.admission);
+    let rate_headers = raw.admission.headers != Some(super::raw::RateHeadersMode::None);
     let config = Config {
         source: file.to_path_buf(),
         router,
@@ -211,6 +213,8 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         models,
         auth,
         request_policy,
+        tokens,
+        rate_headers,
         warnings: c.warnings,
     };
     if let Err(e) = config.check_exposure() {

@@ -1,7 +1,7 @@
 //! Dynamic batching: requests queue per model and a dedicated inference thread takes as
 //! many as fit in a token budget, sorts the items by length (so padding stays small),
 //! runs them and hands each request its results. The queue is bounded twice, by
-//! requests and by tokens, and a full queue refuses at once (429); a request whose
+//! requests and by tokens, and a full queue refuses at once (503); a request whose
 //! client left is skipped. A failing or panicking forward pass fails only the requests
 //! whose items it held; the thread goes on serving.
 
@@ -69,9 +69,9 @@ pub struct BatchOptions {
     pub max_batch_tokens: usize,
     /// Items per forward pass.
     pub max_batch_size: usize,
-    /// Requests queued or being computed before 429.
+    /// Requests queued or being computed before 503.
     pub max_queue: usize,
-    /// Tokens queued or being computed before 429: bounds the memory of the queue
+    /// Tokens queued or being computed before 503: bounds the memory of the queue
     /// whatever the request sizes.
     pub max_queue_tokens: usize,
 }
@@ -110,7 +110,7 @@ pub struct Load {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubmitError {
-    /// The queue is full: answer 429.
+    /// The queue is full: answer 503.
     Overloaded,
     /// One request with more tokens than the whole queue may hold: it can never run.
     TooLarge {

@@ -117,10 +117,13 @@ impl EmbedService {
 
     async fn run(&self, b: &Served, items: Vec<Encoding>) -> Result<Vec<Vec<f32>>, ApiError> {
         b.queue.submit(items).await.map_err(|e| match e {
-            SubmitError::Overloaded => ApiError::overloaded(format!(
-                "Model `{}` is busy: its queue is full, retry shortly",
-                b.model.name
-            )),
+            SubmitError::Overloaded => ApiError::server_overloaded(
+                format!(
+                    "Model `{}` is busy: its queue is full, retry shortly",
+                    b.model.name
+                ),
+                1,
+            ),
             SubmitError::TooLarge { tokens, max } => ApiError::too_many_tokens(tokens, max),
             SubmitError::Failed(e) => ApiError::internal(format!("inference failed: {e}")),
         })

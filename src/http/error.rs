@@ -47,7 +47,7 @@ pub struct ApiError {
     pub kind: &'static str,
     pub code: &'static str,
     pub param: Option<&'static str>,
-    /// Seconds for a `Retry-After` header (503 only).
+    /// Seconds for a `Retry-After` header (503, 429).
     pub retry_after: Option<u64>,
     /// Further response headers (`Allow` of a 405, `WWW-Authenticate`, ...).
     pub headers: Vec<(&'static str, String)>,
@@ -182,15 +182,41 @@ impl ApiError {
         .with_param("input")
     }
 
-    /// The service's queue is full: retry shortly.
-    pub fn overloaded(message: impl Into<String>) -> Self {
-        Self::new(
+    /// 429: over one of the principal's rate limits. `kind` is OpenAI's `requests` or
+    /// `tokens`; `wait` (when waiting helps) becomes `Retry-After` (whole seconds, rounded
+    /// up) and `retry-after-ms`, which the OpenAI SDKs prefer.
+    pub fn rate_limited(
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+        wait: Option<std::time::Duration>,
+    ) -> Self {
+        let e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, code, message.into());
+        match wait {
+            Some(w) => {
+                let ms = w.as_millis().max(1) as u64;
+                e.retry_in(ms.div_ceil(1000))
+                    .with_header("retry-after-ms", ms.to_string())
+            }
+            None => e,
+        }
+    }
+
+    /// 429 `insufficient_quota`: the daily quota is used up. Waiting a few seconds does
+    /// not help, so `x-should-retry: false`; `Retry-After` only when the reset is close.
+    pub fn quota_exceeded(message: impl Into<String>, reset: std::time::Duration) -> Self {
+        let e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "queue_full",
+            "insufficient_quota",
+            "insufficient_quota",
             message.into(),
         )
-        .retry_in(1)
+        .with_header("x-should-retry", "false");
+        if reset.as_secs() <= 120 {
+            e.retry_in(reset.as_secs().max(1))
+        } else {
+            e
+        }
     }
 
     /// The host (not the client) is at its limit: retry shortly.

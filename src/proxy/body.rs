@@ -22,10 +22,28 @@ pub struct RequestInfo {
     pub user: Option<String>,
     /// `n` when it is a non-negative integer.
     pub n: Option<u64>,
+    /// `max_completion_tokens`, else `max_tokens`, when a non-negative integer.
+    pub max_tokens: Option<u64>,
+    /// `stream_options`: the span of its value and whether it sets `include_usage: true`.
+    pub stream_options: Option<StreamOptions>,
     /// Byte ranges of the values of the fields clients may not set, when present.
     pub guarded: Vec<(GuardedField, (usize, usize))>,
     /// Offset of the object's opening `{` (fields are inserted after it).
     pub open: usize,
+}
+
+/// The request's `stream_options`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub span: (usize, usize),
+    /// The value as the client sent it (a small object).
+    pub value: serde_json::Value,
+}
+
+impl StreamOptions {
+    pub fn include_usage(&self) -> bool {
+        self.value.get("include_usage") == Some(&serde_json::Value::Bool(true))
+    }
 }
 
 /// One change to a body: the bytes of `span` replaced by `text` (an empty span inserts).
@@ -174,6 +192,14 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
     .filter_map(|(f, raw)| raw.map(|r| (f, span_in(body, r))))
     .collect();
     let n = probe.n.and_then(|r| r.get().parse::<u64>().ok());
+    let max_tokens = probe
+        .max_completion_tokens
+        .or(probe.max_tokens)
+        .and_then(|r| r.get().parse::<u64>().ok());
+    let stream_options = probe.stream_options.map(|r| StreamOptions {
+        span: span_in(body, r),
+        value: serde_json::from_str(r.get()).unwrap_or_default(),
+    });
     let open = body.iter().position(|b| *b == b'{').unwrap_or(0);
     let stream = match probe.stream {
         None | Some(serde_json::Value::Null) => false,
@@ -192,6 +218,8 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
         stream,
         user: probe.user.and_then(|u| u.as_str().map(str::to_string)),
         n,
+        max_tokens,
+        stream_options,
         guarded,
         open,
     })

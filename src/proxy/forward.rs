@@ -25,6 +25,7 @@ use pingora::{Error, ErrorType};
 use tracing::{debug, warn};
 
 use super::usage::{SseUsage, Usage};
+use super::usage_event::UsageEventFilter;
 use crate::auth;
 use crate::balance::{InFlightGuard, Instance, Model};
 use crate::config::RouterOptions;
@@ -63,6 +64,19 @@ pub struct Outcome {
     pub ttfb: Option<Duration>,
     /// From the engine's `usage` (JSON answer, or the final SSE chunk).
     pub usage: Usage,
+    /// Data events of a streamed answer relayed so far (also when it ended early).
+    pub events: u64,
+}
+
+/// How one request is to be forwarded, beyond its body.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// Session-affinity key (empty: none).
+    pub affinity_key: &'a [u8],
+    /// Further headers of the answer (`x-ratelimit-*`).
+    pub headers: &'a [(&'static str, String)],
+    /// The router asked for the stream's usage: take that event out again.
+    pub strip_usage_event: bool,
 }
 
 /// Stale pooled connections replaced per instance and request before the instance
@@ -105,7 +119,7 @@ impl Forwarder {
         session: &mut Session,
         model: &Model,
         body: Vec<Bytes>,
-        affinity_key: &[u8],
+        ex: Exchange<'_>,
         out: &mut Outcome,
     ) -> Result<(), ApiError> {
         let len = body.iter().map(Bytes::len).sum();
@@ -115,7 +129,7 @@ impl Forwarder {
         let mut tried = Vec::with_capacity(2);
         let started = Instant::now();
         for _ in 0..max_attempts {
-            let Some(inst) = model.pick(affinity_key, &tried) else {
+            let Some(inst) = model.pick(ex.affinity_key, &tried) else {
                 break;
             };
             tried.push(inst.index);
@@ -124,7 +138,7 @@ impl Forwarder {
                 Ok(up) => {
                     out.instance = Some(inst.id.clone());
                     out.ttfb = Some(started.elapsed());
-                    return self.relay(session, up, guard, out, started).await;
+                    return self.relay(session, up, guard, ex, out, started).await;
                 }
                 // Still stale after the retries: the instance counts as unreachable.
                 Err(AttemptError::Retry(why) | AttemptError::Stale(why)) => {
@@ -272,6 +286,7 @@ impl Forwarder {
         session: &mut Session,
         mut up: HttpSession,
         guard: InFlightGuard,
+        ex: Exchange<'_>,
         out: &mut Outcome,
         started: Instant,
     ) -> Result<(), ApiError> {
@@ -291,7 +306,10 @@ impl Forwarder {
         if let Some(id) = session.req_header().headers.get(super::REQUEST_ID).cloned() {
             let _ = down.insert_header(super::REQUEST_ID, id);
         }
-        let mut watch = BodyWatch::new(resp, &inst, started);
+        for (k, v) in ex.headers {
+            let _ = down.insert_header(*k, v);
+        }
+        let mut watch = BodyWatch::new(resp, &inst, started, ex.strip_usage_event);
         let no_body = up.response_done();
         if session
             .write_response_header(Box::new(down), no_body)
@@ -302,7 +320,9 @@ impl Forwarder {
             return Ok(());
         }
         up.set_read_timeout(Some(self.opts.read_idle_timeout));
-        if !relay_body(session, &mut up, &inst, &mut watch, out, no_body).await {
+        let ended = relay_body(session, &mut up, &inst, &mut watch, out, no_body).await;
+        out.events = watch.events();
+        if !ended {
             return Ok(());
         }
         if out.status.is_some_and(|s| s < 500) {
@@ -351,7 +371,12 @@ async fn relay_body(
                 watch.observe(&data);
                 // Ending with the last chunk saves a write for fixed-length answers.
                 let last = up.response_done();
-                if session.write_response_body(Some(data), last).await.is_err() {
+                let data = watch.pass(data, last);
+                if data.is_empty() && !last {
+                    continue;
+                }
+                let data = (!data.is_empty()).then_some(data);
+                if session.write_response_body(data, last).await.is_err() {
                     out.client_gone = true;
                     up.shutdown().await;
                     return false;
@@ -368,8 +393,12 @@ async fn relay_body(
             }
         }
     }
-    if !ended && session.write_response_body(None, true).await.is_err() {
-        out.client_gone = true;
+    if !ended {
+        let rest = watch.pass(Bytes::new(), true);
+        let rest = (!rest.is_empty()).then_some(rest);
+        if session.write_response_body(rest, true).await.is_err() {
+            out.client_gone = true;
+        }
     }
     true
 }
@@ -410,10 +439,12 @@ struct BodyWatch {
     sse_usage: Option<SseUsage>,
     /// A JSON answer, kept up to [`USAGE_SCAN_LIMIT`] for its `usage`.
     json_body: Option<BytesMut>,
+    /// The usage event the router asked for, taken out of the stream.
+    strip: Option<UsageEventFilter>,
 }
 
 impl BodyWatch {
-    fn new(resp: &ResponseHeader, inst: &Instance, started: Instant) -> Self {
+    fn new(resp: &ResponseHeader, inst: &Instance, started: Instant, strip: bool) -> Self {
         let content_type = |prefix: &str| {
             resp.headers
                 .get(header::CONTENT_TYPE)
@@ -432,7 +463,31 @@ impl BodyWatch {
             last_event: None,
             sse_usage: is_sse.then(SseUsage::default),
             json_body: content_type("application/json").then(BytesMut::new),
+            strip: (is_sse && strip).then(UsageEventFilter::default),
         }
+    }
+
+    /// What of `data` the client gets (all of it unless a usage event is taken out);
+    /// `last`: the answer ends here, so nothing may stay held back.
+    fn pass(&mut self, data: Bytes, last: bool) -> Bytes {
+        let Some(f) = self.strip.as_mut() else {
+            return data;
+        };
+        let out = f.filter(data);
+        if !last {
+            return out;
+        }
+        let rest = f.finish();
+        if rest.is_empty() {
+            return out;
+        }
+        let mut all = BytesMut::from(&out[..]);
+        all.extend_from_slice(&rest);
+        all.freeze()
+    }
+
+    fn events(&self) -> u64 {
+        self.sse_usage.as_ref().map_or(0, |u| u.events)
     }
 
     fn is_sse(&self) -> bool {

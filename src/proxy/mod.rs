@@ -11,6 +11,7 @@ pub mod linger;
 pub mod policy;
 mod routes;
 pub mod usage;
+pub mod usage_event;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -26,6 +27,7 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::admin::{self, Introspect};
+use crate::admission::{self, Admitted, Estimate, Limiter, RateHeaders};
 use crate::auth::{Auth, Denied, Principal};
 use crate::balance::{Model, Registry};
 use crate::config::{
@@ -42,7 +44,7 @@ use crate::telemetry::audit;
 use crate::telemetry::metrics;
 
 pub use crate::http::request_id::HEADER as REQUEST_ID;
-use forward::{Forwarder, Outcome};
+use forward::{Exchange, Forwarder, Outcome};
 use routes::Route;
 
 /// The router's proxy logic, shared by all worker threads.
@@ -65,6 +67,10 @@ pub struct Router {
     routes: Routes<Route>,
     auth: Arc<Auth>,
     policy: RequestPolicy,
+    /// Per-principal limits (auth on).
+    limiter: Limiter,
+    /// `x-ratelimit-*` on authenticated answers (`admission.headers`).
+    rate_headers: bool,
 }
 
 /// Per-request state, kept for logging.
@@ -86,6 +92,11 @@ pub struct RequestCtx {
     _body_room: budget::Reserved,
     /// Who is asking (auth on).
     principal: Option<Arc<Principal>>,
+    /// `x-ratelimit-*` of the principal, sent with every answer.
+    rate_headers: RateHeaders,
+    /// The request's places and token reservation, settled in `logging()`.
+    admitted: Option<Admitted>,
+    estimate: Estimate,
 }
 
 impl Router {
@@ -118,6 +129,8 @@ impl Router {
             routes: routes::table(),
             auth,
             policy: config.request_policy.clone(),
+            limiter: Limiter::new(config.tokens.clone()),
+            rate_headers: config.rate_headers,
         })
     }
 
@@ -150,6 +163,9 @@ impl Router {
                 .auth
                 .authenticate(&h.headers)
                 .map_err(|d| self.deny(session, ctx, *d))?;
+            if let Some(p) = ctx.principal.as_deref().filter(|_| self.rate_headers) {
+                ctx.rate_headers = self.limiter.peek(p);
+            }
         }
         let principal = ctx.principal.clone();
         let principal = principal.as_deref();
@@ -168,13 +184,14 @@ impl Router {
                     .map(|m| self.model_card(m))
                     .collect();
                 let body = json!({ "object": "list", "data": data });
-                write_json(session, 200, body.to_string().into()).await;
+                write_json(session, 200, body.to_string().into(), &ctx.rate_headers).await;
                 Ok(())
             }
             Route::Model => {
                 self.may_call(session, ctx, "models")?;
                 let m = self.allowed_model(session, ctx, found.rest)?;
-                write_json(session, 200, self.model_card(m).to_string().into()).await;
+                let card = self.model_card(m).to_string().into();
+                write_json(session, 200, card, &ctx.rate_headers).await;
                 Ok(())
             }
             Route::Inference(endpoint) => {
@@ -304,9 +321,18 @@ impl Router {
                     return Err(e);
                 };
                 ctx.model = Some(m.name.clone());
+                let asked = admission::Asked {
+                    body_bytes: body.len(),
+                    ..Default::default()
+                };
+                self.admit(session, ctx, m, &asked)?;
+                let ex = Exchange {
+                    headers: &ctx.rate_headers,
+                    ..Default::default()
+                };
                 return self
                     .forwarder
-                    .forward(session, m, vec![body], b"", &mut ctx.outcome)
+                    .forward(session, m, vec![body], ex, &mut ctx.outcome)
                     .await;
             }
             r => r?,
@@ -325,18 +351,91 @@ impl Router {
             )
             .with_param("model"));
         }
-        let edits = policy::edits(
+        let mut edits = policy::edits(
             &self.policy,
             &info,
             &model.served_name,
             ctx.principal.as_deref(),
             endpoint.generates(),
         )?;
+        let asked = admission::Asked {
+            body_bytes: body.len(),
+            max_tokens: info.max_tokens,
+            n: info.n.unwrap_or(1),
+            generation: endpoint.generates(),
+        };
+        self.admit(session, ctx, model, &asked)?;
+        let usage_edit = policy::stream_usage(&info, endpoint.generates())
+            .filter(|_| self.limiter.options().inject_stream_usage);
+        let strip_usage_event = usage_edit.is_some();
+        edits.extend(usage_edit);
         let key = affinity_key(session, model, &info);
         let body = body::splice(&body, edits);
+        let ex = Exchange {
+            affinity_key: key.as_bytes(),
+            headers: &ctx.rate_headers,
+            strip_usage_event,
+        };
         self.forwarder
-            .forward(session, model, body, key.as_bytes(), &mut ctx.outcome)
+            .forward(session, model, body, ex, &mut ctx.outcome)
             .await
+    }
+
+    /// The principal's limits (auth on): the request reserves its estimate and takes its
+    /// in-flight places, or is refused with 429 (or 400 for a `max_tokens` over the cap).
+    fn admit(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        model: &Model,
+        asked: &admission::Asked,
+    ) -> Result<(), ApiError> {
+        let Some(p) = ctx.principal.clone() else {
+            return Ok(());
+        };
+        let cap = admission::max_tokens_per_request(&p, &model.name);
+        let est = admission::estimate(self.limiter.options(), asked, cap)?;
+        match self.limiter.admit(&p, &model.name, &est) {
+            Ok(a) => {
+                if self.rate_headers {
+                    ctx.rate_headers = a.headers.clone();
+                }
+                ctx.admitted = Some(a);
+                ctx.estimate = est;
+                Ok(())
+            }
+            Err(r) => Err(self.deny(session, ctx, Denied::limited(&p, r.reason, r.error))),
+        }
+    }
+
+    /// At the end of a request: its tokens charged (the engine's usage, else the
+    /// estimate's rule), its places given back, and the principal's counters.
+    fn settle(&self, ctx: &mut RequestCtx, status: u16) {
+        let Some(p) = ctx.principal.as_deref() else {
+            return;
+        };
+        let u = ctx.outcome.usage;
+        let reported = match (u.prompt_tokens, u.completion_tokens) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        if let Some(a) = ctx.admitted.take() {
+            let answered = ctx.outcome.status.is_some();
+            let (used, _estimated) = admission::charge(
+                self.limiter.options(),
+                &ctx.estimate,
+                reported,
+                ctx.outcome.events,
+                answered,
+            );
+            a.settle(used);
+        }
+        metrics::principal_request(
+            &p.id,
+            metrics::status_class(status),
+            u.prompt_tokens,
+            u.completion_tokens,
+        );
     }
 
     /// The client's `x-request-id` when it is a sane token, else a new one; set on the
@@ -403,9 +502,15 @@ fn response_started(session: &Session) -> bool {
         .is_some_and(|h| !h.status.is_informational())
 }
 
-/// Writes a complete JSON response; a client that is gone by now is not an error.
-async fn write_json(session: &mut Session, status: u16, body: Bytes) {
-    let _ = write_response(session, status, body, &[]).await;
+/// Writes a complete JSON response (with `extra` headers); a client that is gone by now
+/// is not an error.
+async fn write_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) {
+    let _ = write_response(session, status, body, extra).await;
 }
 
 async fn write_response(
@@ -424,8 +529,14 @@ async fn write_response(
     session.write_response_body(Some(body), true).await
 }
 
-async fn write_error(session: &mut Session, e: &ApiError, request_id: &str) {
+async fn write_error(
+    session: &mut Session,
+    e: &ApiError,
+    request_id: &str,
+    rate: &[(&'static str, String)],
+) {
     let mut extra = vec![(REQUEST_ID, request_id.to_string())];
+    extra.extend(rate.iter().cloned());
     if let Some(s) = e.retry_after {
         extra.push(("retry-after", s.to_string()));
     }
@@ -477,7 +588,7 @@ impl ProxyHttp for Router {
         }
         if let Err(e) = self.handle(session, ctx).await {
             if !response_started(session) {
-                write_error(session, &e, &ctx.request_id).await;
+                write_error(session, &e, &ctx.request_id, &ctx.rate_headers).await;
                 request_body::discard_rest(session).await;
             }
             ctx.error = Some(e);
@@ -505,6 +616,7 @@ impl ProxyHttp for Router {
                 session,
                 &ApiError::bad_gateway(format!("proxy error: {e}")),
                 "",
+                &[],
             )
             .await;
         }
@@ -531,6 +643,7 @@ impl ProxyHttp for Router {
             .map(|e| e.status.as_u16())
             .or(ctx.outcome.status)
             .unwrap_or(0);
+        self.settle(ctx, status);
         let model = ctx.model.as_deref().unwrap_or("none");
         let instance = ctx.outcome.instance.as_deref().unwrap_or("none");
         if ctx.endpoint != "local" {

@@ -55,6 +55,39 @@ pub fn edits(
     Ok(out)
 }
 
+/// For a streamed generation whose client did not ask for usage: the edit that asks
+/// the engine for it (`stream_options.include_usage: true`). The caller then takes the
+/// extra event out of the stream ([`super::usage_event`]). `None`: nothing to inject (no
+/// stream, the client asked already, or `stream_options` is not an object: the engine
+/// answers that with its own 400).
+pub fn stream_usage(info: &RequestInfo, generation: bool) -> Option<Edit> {
+    if !info.stream || !generation {
+        return None;
+    }
+    match &info.stream_options {
+        None => {
+            let at = info.open + 1;
+            Some(Edit {
+                span: (at, at),
+                text: "\"stream_options\":{\"include_usage\":true},".into(),
+            })
+        }
+        Some(so) if so.include_usage() => None,
+        Some(so) => {
+            let mut v = match &so.value {
+                serde_json::Value::Object(m) => m.clone(),
+                serde_json::Value::Null => serde_json::Map::new(),
+                _ => return None,
+            };
+            v.insert("include_usage".into(), serde_json::Value::Bool(true));
+            Some(Edit {
+                span: so.span,
+                text: serde_json::Value::Object(v).to_string(),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +141,46 @@ mod tests {
         );
         let emb = apply(r#"{"model":"m","input":"x"}"#, Some(&a), false);
         assert!(emb.get("cache_salt").is_none());
+    }
+
+    #[test]
+    fn streams_ask_for_usage_unless_the_client_did() {
+        let with = |body: &str| {
+            let b = Bytes::from(body.to_string());
+            let info = inspect(&b).unwrap();
+            let e = stream_usage(&info, true);
+            let out: Vec<u8> = splice(&b, e.clone().into_iter().collect()).concat();
+            (
+                e.is_some(),
+                serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+            )
+        };
+        let (injected, v) = with(r#"{"model":"m","stream":true}"#);
+        assert!(injected);
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true})
+        );
+        let (injected, v) =
+            with(r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#);
+        assert!(injected);
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
+        assert!(with(r#"{"model":"m","stream":true,"stream_options":null}"#).0);
+        // Asked for already, not a stream, not an object: left alone.
+        for body in [
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"model":"m","stream":false}"#,
+            r#"{"model":"m","stream":true,"stream_options":"x"}"#,
+        ] {
+            let (injected, v) = with(body);
+            assert!(!injected, "{body}");
+            assert_eq!(v, serde_json::from_str::<serde_json::Value>(body).unwrap());
+        }
+        let b = Bytes::from_static(br#"{"model":"m","stream":true}"#);
+        assert!(stream_usage(&inspect(&b).unwrap(), false).is_none());
     }
 
     #[test]

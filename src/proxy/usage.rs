@@ -53,6 +53,9 @@ pub struct SseUsage {
     /// The unfinished line is longer than [`MAX_LINE`]: skip to its end.
     skipping: bool,
     pub usage: Usage,
+    /// `data:` lines seen, `[DONE]` not counted: what a stream without a usage report
+    /// is charged per event (`admission.tokens.on_missing_usage: chunks`).
+    pub events: u64,
 }
 
 impl SseUsage {
@@ -80,6 +83,11 @@ impl SseUsage {
             for line in complete.split(|&b| b == b'\n') {
                 self.line(line);
             }
+        } else {
+            self.events += complete
+                .split(|&b| b == b'\n')
+                .filter(|l| is_event(l))
+                .count() as u64;
         }
         self.keep(tail);
     }
@@ -110,6 +118,9 @@ impl SseUsage {
             return;
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if is_event(line) {
+            self.events += 1;
+        }
         let Some(value) = line.strip_prefix(b"data:") else {
             return;
         };
@@ -118,6 +129,12 @@ impl SseUsage {
             self.usage.take_json(value);
         }
     }
+}
+
+/// A `data:` line other than `data: [DONE]`.
+fn is_event(line: &[u8]) -> bool {
+    line.strip_prefix(b"data:")
+        .is_some_and(|v| v.trim_ascii() != b"[DONE]")
 }
 
 fn mentions_usage(b: &[u8]) -> bool {
@@ -158,6 +175,15 @@ data: [DONE]\n\n";
         STREAM.chunks(1).for_each(|c| u.feed(c));
         u.finish();
         assert_eq!(u.usage, want);
+        // Two events (the content and the usage chunk), `[DONE]` not counted.
+        assert_eq!(u.events, 2);
+        for cut in 0..=STREAM.len() {
+            let mut u = SseUsage::default();
+            u.feed(&STREAM[..cut]);
+            u.feed(&STREAM[cut..]);
+            u.finish();
+            assert_eq!(u.events, 2, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -133,6 +133,41 @@ pub static DENIED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+pub static PRINCIPAL_REQUESTS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "llm_router_principal_requests_total",
+        "Requests per principal of the keys file, by status class",
+        &["principal", "status_class"]
+    )
+    .expect("registers once")
+});
+
+pub static PRINCIPAL_TOKENS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "llm_router_principal_tokens_total",
+        "Tokens the engines reported per principal, by kind (prompt, completion)",
+        &["principal", "kind"]
+    )
+    .expect("registers once")
+});
+
+/// One finished request of principal `id` (bounded by the keys file) and its tokens.
+pub fn principal_request(
+    id: &str,
+    status_class: &str,
+    prompt: Option<u64>,
+    completion: Option<u64>,
+) {
+    PRINCIPAL_REQUESTS
+        .with_label_values(&[id, status_class])
+        .inc();
+    for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+        if let Some(n) = n.filter(|n| *n > 0) {
+            PRINCIPAL_TOKENS.with_label_values(&[id, kind]).inc_by(n);
+        }
+    }
+}
+
 pub static KEYS_RELOADS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
     prometheus::register_int_counter_vec!(
         "llm_router_keys_reload_total",

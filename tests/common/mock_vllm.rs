@@ -259,6 +259,8 @@ async fn answer(s: Arc<MockState>, headers: HeaderMap, body: Bytes, object: &str
     }
     let delay = Duration::from_millis(s.chunk_delay_ms.load(Ordering::SeqCst));
     let name = s.name.clone();
+    // As vLLM: the usage event only when asked for.
+    let include_usage = req["stream_options"]["include_usage"] == json!(true);
     let events = stream::unfold((0usize, watch), move |(i, mut watch)| {
         let model = model.clone();
         let name = name.clone();
@@ -291,6 +293,13 @@ async fn answer(s: Arc<MockState>, headers: HeaderMap, body: Bytes, object: &str
                 let c = json!({"id": "cmpl-mock", "object": obj, "created": 0, "model": model,
                     "system_fingerprint": name, "choices": [delta]});
                 format!("data: {c}\n\n")
+            } else if i == chunks && !include_usage {
+                // No usage event: straight on to `[DONE]`.
+                watch.done = true;
+                return Some((
+                    Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+                    (chunks + 2, watch),
+                ));
             } else if i == chunks {
                 let c = json!({"id": "cmpl-mock", "object": if chat {"chat.completion.chunk"} else {"text_completion"},
                     "created": 0, "model": model, "choices": [],

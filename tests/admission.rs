@@ -1,0 +1,333 @@
+//! Per-principal limits on the main port against a mock engine that reports usage:
+//! requests and tokens per minute, requests in flight, the daily quota; each is hit,
+//! answered as OpenAI does (429 with its headers) and recovered. Tokens are reserved at
+//! admission and settled with the engine's reported usage, streams included (the usage
+//! event the router asks for does not reach a client that did not).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{llm, wait_for, MockVllm, RouterProc};
+use llm_router::auth::token;
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+
+struct Setup {
+    m: MockVllm,
+    r: RouterProc,
+    keys_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Keys file: `ops` (admin, no limits) and `team` with `limits` (a YAML flow map).
+fn keys_yaml(ops: &str, team: &str, limits: &str) -> String {
+    let h = |k: &str| token::hex(&token::digest(k));
+    format!(
+        "version: 1\nprincipals:\n  - id: ops\n    keys: [{{sha256: '{}'}}]\n  - id: team\n    keys: [{{sha256: '{}'}}]\n    limits: {limits}\n",
+        h(ops),
+        h(team)
+    )
+}
+
+async fn start(ops: &str, team: &str, limits: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.yaml");
+    std::fs::write(&keys_file, keys_yaml(ops, team, limits)).unwrap();
+    let m = MockVllm::start("m").await;
+    let yaml = format!(
+        "LLM_engines:\n{}auth:\n  keys_file: \"{}\"\n  admins: [ops]\n",
+        llm("m", "org/M", &[("m1", m.port())]),
+        keys_file.display()
+    );
+    let r = RouterProc::start(&yaml).await;
+    Setup {
+        m,
+        r,
+        keys_file,
+        _dir: dir,
+    }
+}
+
+fn keys() -> (String, String) {
+    (token::new_key().unwrap(), token::new_key().unwrap())
+}
+
+fn chat(extra: Value) -> Value {
+    let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v
+}
+
+async fn post(r: &RouterProc, key: &str, body: Value) -> (u16, HeaderMap, Value) {
+    let resp = reqwest::Client::new()
+        .post(r.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, v)
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// The `data:` payloads of an event stream.
+fn events(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_minute_is_hit_answered_and_recovered() {
+    let (ops, team) = keys();
+    let s = start(&ops, &team, "{requests_per_minute: 30}").await;
+    // Every authenticated answer carries the limits, also one that is not counted.
+    let models = reqwest::Client::new()
+        .get(s.r.url("/v1/models"))
+        .bearer_auth(&team)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(models.headers(), "x-ratelimit-limit-requests"), "30");
+    assert_eq!(
+        header(models.headers(), "x-ratelimit-remaining-requests"),
+        "30"
+    );
+    assert!(models.headers().get("x-ratelimit-limit-tokens").is_none());
+    // The bucket refills one request per 2 s meanwhile, so a few more than 30 may pass.
+    let mut admitted = 0u64;
+    let (h, v) = loop {
+        let (st, h, v) = post(&s.r, &team, chat(json!({}))).await;
+        if st != 200 {
+            assert_eq!(st, 429, "{v}");
+            break (h, v);
+        }
+        let left: u64 = header(&h, "x-ratelimit-remaining-requests")
+            .parse()
+            .unwrap();
+        assert!(left <= 29 - admitted.min(29) + 3, "{admitted}: {left}");
+        admitted += 1;
+        assert!(admitted <= 33, "never refused");
+    };
+    assert!(admitted >= 30, "{admitted}");
+    assert_eq!(v["error"]["type"], "requests");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("requests per min (RPM): Limit 30"), "{msg}");
+    assert_eq!(header(&h, "x-ratelimit-remaining-requests"), "0");
+    let ms: u64 = header(&h, "retry-after-ms").parse().unwrap();
+    assert!(ms > 0 && ms <= 2000, "{ms}");
+    let secs: u64 = header(&h, "retry-after").parse().unwrap();
+    assert_eq!(secs, ms.div_ceil(1000));
+    // Waiting as told is enough; the engine never saw the refused request.
+    let seen = s.m.requests();
+    tokio::time::sleep(Duration::from_millis(ms + 20)).await;
+    assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 200);
+    assert_eq!(s.m.requests(), seen + 1);
+    // The admin has no limits: no headers.
+    let (st, h, _) = post(&s.r, &ops, chat(json!({}))).await;
+    assert_eq!(st, 200);
+    assert!(h.get("x-ratelimit-limit-requests").is_none());
+}
+
+/// Starts a stream and returns it once its first event has arrived.
+async fn open_stream(r: &RouterProc, key: &str, body: Value) -> reqwest::Response {
+    let mut resp = send_stream(r, key, body).await;
+    assert!(!resp.chunk().await.unwrap().unwrap().is_empty());
+    resp
+}
+
+async fn finish(mut resp: reqwest::Response) {
+    while resp.chunk().await.unwrap().is_some() {}
+}
+
+async fn send_stream(r: &RouterProc, key: &str, body: Value) -> reqwest::Response {
+    let resp = reqwest::Client::new()
+        .post(r.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_in_flight_is_held_until_the_stream_ends() {
+    let (ops, team) = keys();
+    let s = start(&ops, &team, "{max_in_flight: 1}").await;
+    s.m.set_sse(6, 150);
+    let resp = open_stream(&s.r, &team, chat(json!({"stream": true}))).await;
+    // The answer has started, the stream is not over: the place is still taken.
+    let (st, h, v) = post(&s.r, &team, chat(json!({}))).await;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error"]["code"], "concurrency_limit_exceeded");
+    assert_eq!(v["error"]["type"], "requests");
+    assert_eq!(header(&h, "retry-after"), "1");
+    finish(resp).await;
+    wait_for("the place back", Duration::from_secs(5), async || {
+        post(&s.r, &team, chat(json!({}))).await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_per_minute_reserves_then_settles_with_the_engines_usage() {
+    let (ops, team) = keys();
+    let s = start(
+        &ops,
+        &team,
+        "{tokens_per_minute: 600, max_tokens_per_request: 400}",
+    )
+    .await;
+    // Over the per-request cap: the client's error. Larger than the minute: never fits.
+    let (st, _, v) = post(&s.r, &team, chat(json!({"max_tokens": 401}))).await;
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("max_tokens")),
+        "{v}"
+    );
+    // Two slow streams reserve ~250 tokens each (max_tokens 200 + the prompt estimate).
+    s.m.set_sse(6, 150);
+    let body = chat(json!({"stream": true, "max_tokens": 200}));
+    let a = open_stream(&s.r, &team, body.clone()).await;
+    let b = open_stream(&s.r, &team, body.clone()).await;
+    let (st, h, v) = post(&s.r, &team, body.clone()).await;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(
+        (v["error"]["type"].as_str(), v["error"]["code"].as_str()),
+        (Some("tokens"), Some("rate_limit_exceeded"))
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per min (TPM): Limit 600"),
+        "{v}"
+    );
+    assert_eq!(header(&h, "x-ratelimit-limit-tokens"), "600");
+    assert!(header(&h, "retry-after-ms").parse::<u64>().unwrap() > 0);
+    finish(a).await;
+    finish(b).await;
+    // Settled at what the engine reported (3 + 6 tokens each): the room is back at once,
+    // not after the 500 reserved tokens refilled (50 s).
+    wait_for(
+        "the settled reservation",
+        Duration::from_secs(5),
+        async || {
+            let (st, h, _) = post(&s.r, &team, chat(json!({"max_tokens": 5}))).await;
+            st == 200
+                && header(&h, "x-ratelimit-remaining-tokens")
+                    .parse::<u64>()
+                    .unwrap()
+                    > 500
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_minute_is_refused_for_good() {
+    let (ops, team) = keys();
+    let s = start(&ops, &team, "{tokens_per_minute: 600}").await;
+    let (st, h, v) = post(&s.r, &team, chat(json!({"max_tokens": 1000}))).await;
+    assert_eq!(st, 429, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Request too large"),
+        "{v}"
+    );
+    assert_eq!(header(&h, "x-should-retry"), "false");
+    assert!(h.get("retry-after").is_none());
+    assert_eq!(
+        post(&s.r, &team, chat(json!({"max_tokens": 10}))).await.0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_quota_is_charged_from_usage_streams_included_and_kept_over_a_reload() {
+    let (ops, team) = keys();
+    // Each answer of the mock uses 3 + 5 = 8 tokens.
+    let s = start(&ops, &team, "{tokens_per_day: 20}").await;
+    assert_eq!(
+        post(&s.r, &team, chat(json!({"max_tokens": 100}))).await.0,
+        200
+    );
+    // A stream whose client did not ask for usage: charged all the same, and the client
+    // gets exactly the stream it asked for.
+    let (st, _, v) = post(&s.r, &team, chat(json!({"stream": true}))).await;
+    assert_eq!(st, 200);
+    let ev = events(v.as_str().unwrap());
+    assert_eq!(ev.len(), 6, "{ev:?}");
+    assert!(ev.iter().all(|e| !e.contains("\"usage\"")), "{ev:?}");
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    assert_eq!(
+        s.m.last_json()["stream_options"],
+        json!({"include_usage": true})
+    );
+    // One that asked gets its usage event.
+    let asked = chat(json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let (st, _, v) = post(&s.r, &team, asked).await;
+    assert_eq!(st, 200);
+    let ev = events(v.as_str().unwrap());
+    assert!(
+        ev[ev.len() - 2].contains("\"completion_tokens\":5"),
+        "{ev:?}"
+    );
+    // 24 used >= 20: refused, and waiting seconds will not help.
+    let (st, h, v) = post(&s.r, &team, chat(json!({}))).await;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error"]["code"], "insufficient_quota");
+    assert_eq!(v["error"]["type"], "insufficient_quota");
+    assert_eq!(header(&h, "x-should-retry"), "false");
+    // A new quota by SIGHUP applies to the same counters: 24 < 25 admits one more.
+    std::fs::write(&s.keys_file, keys_yaml(&ops, &team, "{tokens_per_day: 25}")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(s.r.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    wait_for("the raised quota", Duration::from_secs(5), async || {
+        post(&s.r, &team, chat(json!({}))).await.0 == 200
+    })
+    .await;
+    assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 429);
+    // Per-principal series: 4 answers of 5 completion tokens (refusals are not answers).
+    let page = reqwest::Client::new()
+        .get(s.r.url("/metrics"))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(
+            "llm_router_principal_tokens_total{kind=\"completion\",principal=\"team\"} 20"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "llm_router_principal_requests_total{principal=\"team\",status_class=\"4xx\"}"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains("llm_router_denied_total{reason=\"tpd\"}"),
+        "{page}"
+    );
+}
