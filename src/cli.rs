@@ -21,10 +21,10 @@ use tracing::{info, warn};
 
 use crate::admin::AdminApp;
 use crate::auth::Auth;
-use crate::balance::Registry;
 use crate::config::Config;
 use crate::daemon::ParentReadyGate;
 use crate::embed::service::{EmbedApp, EmbedLoader};
+use crate::ledger::{Ledger, LedgerFlush};
 use crate::lifecycle::drain::{DrainWatch, Draining};
 use crate::proxy::guard::ConnGuard;
 use crate::proxy::linger::Lingering;
@@ -313,9 +313,10 @@ impl Startup {
     fn services(
         &mut self,
         config: &Config,
-        registry: &Registry,
+        sources: &crate::admin::Sources,
         draining: &Draining,
     ) -> Result<(usize, usize), String> {
+        let registry = &sources.registry;
         let server = &mut self.server;
         let hosts_embeddings = config.embedding.as_ref().is_some_and(|o| o.managed);
         let poller = Poller::new(registry, &config.balancer, hosts_embeddings);
@@ -344,7 +345,7 @@ impl Startup {
         self.server
             .add_service(background_service("instance poller", poller));
         if let Some(addr) = config.router.admin_listen {
-            let app = AdminApp::new(registry.clone(), draining.clone());
+            let app = AdminApp::new(sources.clone(), draining.clone());
             let mut admin = Service::new("admin listener".to_string(), HttpServer::new_app(app));
             admin.threads = Some(1);
             self.listener(admin, addr);
@@ -491,8 +492,16 @@ fn run(cli: Cli, path: &Path) -> i32 {
     let Some(auth) = load_auth(&config) else {
         return EXIT_CONFIG;
     };
+    let ledger = match auth.required().then(|| Ledger::open(&config.auth.usage_db)) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!("error: auth.usage_db: cannot open the usage ledger: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     let draining = Draining::default();
-    let router = Router::new(&config, draining.clone(), auth.clone());
+    let router = Router::new(&config, draining.clone(), auth.clone(), ledger.clone());
     let router = match router.and_then(|r| r.check().map(|_| r)) {
         Ok(r) => r,
         Err(e) => {
@@ -507,7 +516,11 @@ fn run(cli: Cli, path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let (engines, scrape_targets) = match start.services(&config, router.registry(), &draining) {
+    let sources = crate::admin::Sources {
+        registry: router.registry().clone(),
+        ledger: ledger.clone(),
+    };
+    let (engines, scrape_targets) = match start.services(&config, &sources, &draining) {
         Ok(counts) => counts,
         Err(e) => {
             eprintln!("error: {e}");
@@ -519,6 +532,12 @@ fn run(cli: Cli, path: &Path) -> i32 {
             "SIGHUP: reload keys",
             crate::auth::reload::KeysReload(auth),
         ));
+    }
+    if let Some(l) = ledger {
+        info!(db = %l.path().display(), "usage ledger");
+        start
+            .server
+            .add_service(background_service("usage ledger", LedgerFlush(l)));
     }
     let connections = router.connections();
     let proxy = ConnGuard::new(

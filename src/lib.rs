@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod embed;
 pub mod hash;
 pub mod http;
+pub mod ledger;
 pub mod lifecycle;
 pub mod proxy;
 pub mod scrape;

@@ -35,18 +35,22 @@ async fn start(ops: &str, team: &str, limits: &str) -> Setup {
     let keys_file = dir.path().join("keys.yaml");
     std::fs::write(&keys_file, keys_yaml(ops, team, limits)).unwrap();
     let m = MockVllm::start("m").await;
-    let yaml = format!(
-        "LLM_engines:\n{}auth:\n  keys_file: \"{}\"\n  admins: [ops]\n",
-        llm("m", "org/M", &[("m1", m.port())]),
-        keys_file.display()
-    );
-    let r = RouterProc::start(&yaml).await;
+    let r = RouterProc::start(&config(&m, &keys_file, &dir.path().join("usage.sqlite"))).await;
     Setup {
         m,
         r,
         keys_file,
         _dir: dir,
     }
+}
+
+fn config(m: &MockVllm, keys_file: &std::path::Path, usage_db: &std::path::Path) -> String {
+    format!(
+        "LLM_engines:\n{}auth:\n  keys_file: \"{}\"\n  admins: [ops]\n  usage_db: \"{}\"\n",
+        llm("m", "org/M", &[("m1", m.port())]),
+        keys_file.display(),
+        usage_db.display()
+    )
 }
 
 fn keys() -> (String, String) {
@@ -330,4 +334,52 @@ async fn the_daily_quota_is_charged_from_usage_streams_included_and_kept_over_a_
         page.contains("llm_router_denied_total{reason=\"tpd\"}"),
         "{page}"
     );
+}
+
+async fn get(r: &RouterProc, key: &str, path: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(r.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_ledger_keeps_the_quota_over_a_restart_and_answers_per_day() {
+    let (ops, team) = keys();
+    let mut s = start(&ops, &team, "{tokens_per_day: 20}").await;
+    for _ in 0..3 {
+        assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 200);
+    }
+    assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 429);
+    // Stop (SIGTERM, as systemd does) and start again on the same files.
+    let pid = nix::unistd::Pid::from_raw(s.r.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = s.r.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let db = s._dir.path().join("usage.sqlite");
+    s.r = RouterProc::start(&config(&s.m, &s.keys_file, &db)).await;
+    let (st, _, v) = post(&s.r, &team, chat(json!({}))).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{v}");
+    // The ledger, per principal × model × day: three answers of 3 + 5 tokens, two
+    // refusals (one per process).
+    let today = chrono::Utc::now().date_naive().format("%Y-%m-%d").to_string();
+    let (st, v) = get(&s.r, &ops, &format!("/v1/router/usage?principal=team&from={today}&to={today}")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    let rows = v["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}");
+    let row = &rows[0];
+    assert_eq!((row["principal"].as_str(), row["model"].as_str(), row["day"].as_str()), (Some("team"), Some("m"), Some(today.as_str())));
+    assert_eq!((row["requests"].as_u64(), row["prompt_tokens"].as_u64(), row["completion_tokens"].as_u64()), (Some(3), Some(9), Some(15)), "{row}");
+    assert_eq!(row["denied"]["tpd"], 2, "{row}");
+    // Other days and principals are other rows; bad dates are the client's error.
+    let (_, v) = get(&s.r, &ops, "/v1/router/usage?to=2000-01-01").await;
+    assert_eq!(v["data"], json!([]));
+    let (st, v) = get(&s.r, &ops, "/v1/router/usage?from=yesterday").await;
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("from")), "{v}");
+    // Admins only.
+    assert_eq!(get(&s.r, &team, "/v1/router/usage").await.0, 403);
 }

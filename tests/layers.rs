@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     // (logs, metrics registry, access log).
     &["http", "telemetry"],
     // Instances, their live state and the choice among them; who is asking (API keys).
-    &["balance", "auth"],
+    &["balance", "auth", "ledger"],
     // The engine poller (health and load), the supervisor, the embedding service and the
     // introspection answers (`/metrics`, `/v1/router/instances`, the admin listener).
     // Admission (per-principal limits) too.

@@ -1,5 +1,5 @@
 //! The optional admin listener (`router.admin_listen`): `/metrics`,
-//! `/v1/router/instances` and `/health` only. When it is set, the introspection routes
+//! `/v1/router/instances`, `/v1/router/usage` and `/health` only. When it is set, the introspection routes
 //! are served here alone (404 on the public port): the instances' internal addresses and
 //! load are nothing for clients to see.
 
@@ -8,26 +8,26 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use super::{answer, Introspect};
-use crate::balance::Registry;
+use super::{answer, Introspect, Sources};
 use crate::http::error_response;
 use crate::http::routes::Routes;
 use crate::lifecycle::drain::Draining;
 
 pub struct AdminApp {
-    registry: Registry,
+    sources: Sources,
     draining: Draining,
     routes: Routes<Introspect>,
 }
 
 impl AdminApp {
-    pub fn new(registry: Registry, draining: Draining) -> Self {
+    pub fn new(sources: Sources, draining: Draining) -> Self {
         let routes = Routes::new()
             .read("/metrics", Introspect::Metrics)
             .read("/v1/router/instances", Introspect::Instances)
+            .read("/v1/router/usage", Introspect::Usage)
             .read("/health", Introspect::Health);
         AdminApp {
-            registry,
+            sources,
             draining,
             routes,
         }
@@ -41,7 +41,8 @@ impl ServeHttp for AdminApp {
         let path = s.req_header().uri.path().trim_end_matches('/');
         match self.routes.resolve(method, path) {
             Ok(found) => {
-                answer(found.route, &self.registry, self.draining.is_set()).into_response()
+                let query = s.req_header().uri.query().unwrap_or_default();
+                answer(found.route, &self.sources, query, self.draining.is_set()).into_response()
             }
             Err(e) => error_response(&e),
         }

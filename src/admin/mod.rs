@@ -6,10 +6,12 @@ pub mod listener;
 
 pub use listener::AdminApp;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use crate::balance::stats::State;
 use crate::balance::Registry;
+use crate::http::ApiError;
+use crate::ledger::{Ledger, UsageQuery};
 use crate::lifecycle::drain;
 use crate::telemetry::metrics;
 
@@ -19,6 +21,8 @@ pub enum Introspect {
     Health,
     Metrics,
     Instances,
+    /// `/v1/router/usage`: the usage ledger.
+    Usage,
 }
 
 /// An introspection answer, for either listener to write.
@@ -40,8 +44,18 @@ impl Page {
     }
 }
 
-/// The answer to `what`; `draining`: the process is leaving (`/health` answers 503).
-pub fn answer(what: Introspect, registry: &Registry, draining: bool) -> Page {
+/// What the introspection answers read.
+#[derive(Clone)]
+pub struct Sources {
+    pub registry: Registry,
+    /// The usage ledger (auth on).
+    pub ledger: Option<Arc<Ledger>>,
+}
+
+/// The answer to `what` (`query`: the URL's query string); `draining`: the process is
+/// leaving (`/health` answers 503).
+pub fn answer(what: Introspect, src: &Sources, query: &str, draining: bool) -> Page {
+    let registry = &src.registry;
     let json = |status, body| Page {
         status,
         content_type: "application/json",
@@ -53,12 +67,33 @@ pub fn answer(what: Introspect, registry: &Registry, draining: bool) -> Page {
             json(status, body)
         }
         Introspect::Instances => json(200, registry.instances_page()),
+        Introspect::Usage => match usage_page(src.ledger.as_deref(), query) {
+            Ok(body) => json(200, body),
+            Err(e) => json(e.status.as_u16(), e.body().to_vec()),
+        },
         Introspect::Metrics => Page {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
             body: metrics_page(registry),
         },
     }
+}
+
+/// `GET /v1/router/usage?principal=&from=&to=`: the ledger's rows as an OpenAI-style list.
+fn usage_page(ledger: Option<&Ledger>, query: &str) -> Result<Vec<u8>, ApiError> {
+    let Some(ledger) = ledger else {
+        return Err(ApiError::path_not_found(
+            "/v1/router/usage (auth is off: no usage ledger)",
+        ));
+    };
+    let q = UsageQuery::parse(query)
+        .map_err(|(param, msg)| ApiError::bad_request("invalid_value", msg).with_param(param))?;
+    let rows = ledger
+        .query(&q)
+        .map_err(|e| ApiError::internal(format!("usage ledger: {e}")))?;
+    Ok(serde_json::json!({"object": "list", "data": rows})
+        .to_string()
+        .into_bytes())
 }
 
 /// The Prometheus text page: instance gauges refreshed from the registry, then everything

@@ -33,6 +33,9 @@ pub struct AuthOptions {
     /// Principal ids that may use the admin routes (`/metrics`, `/v1/router/*`) on the
     /// main port.
     pub admins: Vec<String>,
+    /// The usage ledger (SQLite): per principal × model × UTC day. Default
+    /// `<supervisor.run_dir>/usage.sqlite`.
+    pub usage_db: PathBuf,
 }
 
 impl Default for AuthOptions {
@@ -42,6 +45,7 @@ impl Default for AuthOptions {
             keys_file: None,
             accept_headers: vec!["authorization".into()],
             admins: Vec::new(),
+            usage_db: PathBuf::from("run/usage.sqlite"),
         }
     }
 }
@@ -182,8 +186,15 @@ pub(super) fn resolve_tokens(c: &mut Checker<'_>, raw: &RawAdmission) -> TokenOp
 /// Header names a key may come in.
 const KEY_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
 
-pub(super) fn resolve_auth(c: &mut Checker<'_>, raw: Option<RawAuth>) -> AuthOptions {
-    let d = AuthOptions::default();
+pub(super) fn resolve_auth(
+    c: &mut Checker<'_>,
+    raw: Option<RawAuth>,
+    run_dir: &std::path::Path,
+) -> AuthOptions {
+    let d = AuthOptions {
+        usage_db: run_dir.join("usage.sqlite"),
+        ..AuthOptions::default()
+    };
     let Some(raw) = raw else { return d };
     let mode = raw.mode.unwrap_or(AuthMode::Required);
     let keys_file = raw.keys_file.as_deref().map(|p| c.path(p));
@@ -215,6 +226,7 @@ pub(super) fn resolve_auth(c: &mut Checker<'_>, raw: Option<RawAuth>) -> AuthOpt
         keys_file,
         accept_headers,
         admins: raw.admins.unwrap_or_default(),
+        usage_db: raw.usage_db.as_deref().map_or(d.usage_db, |p| c.path(p)),
     }
 }
 

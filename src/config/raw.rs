@@ -39,6 +39,7 @@ pub struct RawAuth {
     pub keys_file: Option<String>,
     pub accept_headers: Option<Vec<String>>,
     pub admins: Option<Vec<String>>,
+    pub usage_db: Option<String>,
 }
 
 /// `admission:`. Every key is ours.

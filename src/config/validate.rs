@@ -200,7 +200,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         );
     }
     check_unique(&mut c, &models);
-    let auth = super::access::resolve_auth(&mut c, raw.auth);
+    let auth = super::access::resolve_auth(&mut c, raw.auth, &supervisor.run_dir);
     let request_policy = super::access::resolve_request_policy(&mut c, &raw.admission);
     let tokens = super::access::resolve_tokens(&mut c, &raw.admission);
     let rate_headers = raw.admission.headers != Some(super::raw::RateHeadersMode::None);

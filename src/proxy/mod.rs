@@ -38,6 +38,7 @@ use crate::http::request_body;
 use crate::http::request_id;
 use crate::http::routes::Routes;
 use crate::http::ApiError;
+use crate::ledger::Ledger;
 use crate::lifecycle::drain;
 use crate::telemetry::access::{now_rfc3339, AccessLog, AccessRecord};
 use crate::telemetry::audit;
@@ -50,6 +51,8 @@ use routes::Route;
 /// The router's proxy logic, shared by all worker threads.
 pub struct Router {
     registry: Registry,
+    /// What the introspection routes read (the registry again, the usage ledger).
+    sources: admin::Sources,
     forwarder: Forwarder,
     max_body_bytes: u64,
     /// `created` of `/v1/models` entries: when this router started.
@@ -100,13 +103,28 @@ pub struct RequestCtx {
 }
 
 impl Router {
+    /// `ledger`: the usage ledger (auth on); the day's tokens are read back from it so
+    /// that `tokens_per_day` holds across restarts.
     pub fn new(
         config: &Config,
         draining: drain::Draining,
         auth: Arc<Auth>,
+        ledger: Option<Arc<Ledger>>,
     ) -> Result<Self, String> {
+        let registry = Registry::new(config)?;
+        let limiter = Limiter::new(config.tokens.clone());
+        if let Some(l) = &ledger {
+            for (principal, model, used) in l.used_today()? {
+                limiter.restore_today(&principal, None, used);
+                limiter.restore_today(&principal, Some(&model), used);
+            }
+        }
         Ok(Router {
-            registry: Registry::new(config)?,
+            sources: admin::Sources {
+                registry: registry.clone(),
+                ledger,
+            },
+            registry,
             forwarder: Forwarder::new(config.router.clone()),
             max_body_bytes: config.router.max_body_bytes,
             started_unix: SystemTime::now()
@@ -129,7 +147,7 @@ impl Router {
             routes: routes::table(),
             auth,
             policy: config.request_policy.clone(),
-            limiter: Limiter::new(config.tokens.clone()),
+            limiter,
             rate_headers: config.rate_headers,
         })
     }
@@ -170,9 +188,9 @@ impl Router {
         let principal = ctx.principal.clone();
         let principal = principal.as_deref();
         match found.route {
-            Route::Introspect(what @ (Introspect::Metrics | Introspect::Instances)) => {
-                self.admin_route(session, ctx, what, principal).await
-            }
+            Route::Introspect(
+                what @ (Introspect::Metrics | Introspect::Instances | Introspect::Usage),
+            ) => self.admin_route(session, ctx, what, principal).await,
             Route::Introspect(what) => {
                 self.introspect(session, what).await;
                 Ok(())
@@ -227,7 +245,13 @@ impl Router {
 
     async fn introspect(&self, session: &mut Session, what: Introspect) {
         let draining = self.draining.is_set() || session.is_process_shutting_down();
-        let page = admin::answer(what, &self.registry, draining);
+        let query = session
+            .req_header()
+            .uri
+            .query()
+            .unwrap_or_default()
+            .to_string();
+        let page = admin::answer(what, &self.sources, &query, draining);
         let ct = [("content-type", page.content_type.to_string())];
         let _ = write_response(session, page.status, page.body.into(), &ct).await;
     }
@@ -292,6 +316,9 @@ impl Router {
             model: ctx.model.as_deref(),
             status: d.error.status.as_u16(),
         });
+        if let (Some(l), Some(p)) = (self.sources.ledger.as_deref(), d.principal.as_deref()) {
+            l.deny(p, ctx.model.as_deref().unwrap_or("-"), d.reason);
+        }
         d.error
     }
 
@@ -429,6 +456,11 @@ impl Router {
                 answered,
             );
             a.settle(used);
+            if let (Some(l), Some(model)) = (self.sources.ledger.as_deref(), ctx.model.as_deref()) {
+                // The charge: as reported, or (estimated) all counted as prompt.
+                let completion = u.completion_tokens.unwrap_or(0).min(used);
+                l.record(&p.id, model, used - completion, completion);
+            }
         }
         metrics::principal_request(
             &p.id,

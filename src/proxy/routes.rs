@@ -80,6 +80,7 @@ pub fn table() -> Routes<Route> {
             "/v1/router/instances",
             Route::Introspect(Introspect::Instances),
         )
+        .read("/v1/router/usage", Route::Introspect(Introspect::Usage))
         .read("/metrics", Route::Introspect(Introspect::Metrics))
         .read_under("/v1/models/", Route::Model)
         .post(
