@@ -343,7 +343,10 @@ async fn get(r: &RouterProc, key: &str, path: &str) -> (u16, Value) {
         .send()
         .await
         .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or_default())
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or_default(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,24 +365,186 @@ async fn the_usage_ledger_keeps_the_quota_over_a_restart_and_answers_per_day() {
     let db = s._dir.path().join("usage.sqlite");
     s.r = RouterProc::start(&config(&s.m, &s.keys_file, &db)).await;
     let (st, _, v) = post(&s.r, &team, chat(json!({}))).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (429, Some("insufficient_quota")),
+        "{v}"
+    );
     // The ledger, per principal × model × day: three answers of 3 + 5 tokens, two
     // refusals (one per process).
-    let today = chrono::Utc::now().date_naive().format("%Y-%m-%d").to_string();
-    let (st, v) = get(&s.r, &ops, &format!("/v1/router/usage?principal=team&from={today}&to={today}")).await;
+    let today = chrono::Utc::now()
+        .date_naive()
+        .format("%Y-%m-%d")
+        .to_string();
+    let (st, v) = get(
+        &s.r,
+        &ops,
+        &format!("/v1/router/usage?principal=team&from={today}&to={today}"),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "list");
     let rows = v["data"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{v}");
     let row = &rows[0];
-    assert_eq!((row["principal"].as_str(), row["model"].as_str(), row["day"].as_str()), (Some("team"), Some("m"), Some(today.as_str())));
-    assert_eq!((row["requests"].as_u64(), row["prompt_tokens"].as_u64(), row["completion_tokens"].as_u64()), (Some(3), Some(9), Some(15)), "{row}");
+    assert_eq!(
+        (
+            row["principal"].as_str(),
+            row["model"].as_str(),
+            row["day"].as_str()
+        ),
+        (Some("team"), Some("m"), Some(today.as_str()))
+    );
+    assert_eq!(
+        (
+            row["requests"].as_u64(),
+            row["prompt_tokens"].as_u64(),
+            row["completion_tokens"].as_u64()
+        ),
+        (Some(3), Some(9), Some(15)),
+        "{row}"
+    );
     assert_eq!(row["denied"]["tpd"], 2, "{row}");
     // Other days and principals are other rows; bad dates are the client's error.
     let (_, v) = get(&s.r, &ops, "/v1/router/usage?to=2000-01-01").await;
     assert_eq!(v["data"], json!([]));
     let (st, v) = get(&s.r, &ops, "/v1/router/usage?from=yesterday").await;
-    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("from")), "{v}");
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("from")),
+        "{v}"
+    );
     // Admins only.
     assert_eq!(get(&s.r, &team, "/v1/router/usage").await.0, 403);
+}
+
+/// The value of the `/metrics` sample `series` (exact text before the value), 0 if absent.
+async fn metric(r: &RouterProc, key: &str, series: &str) -> f64 {
+    let page = reqwest::Client::new()
+        .get(r.url("/metrics"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_request_takes_the_next_place_before_a_queued_flood() {
+    let [ops, batch, leaver] = [0; 3].map(|_| token::new_key().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.yaml");
+    let h = |k: &str| token::hex(&token::digest(k));
+    std::fs::write(
+        &keys_file,
+        format!(
+            "version: 1\nprincipals:\n  - {{id: ops, class: critical, keys: [{{sha256: '{}'}}]}}\n  - {{id: batch, class: sheddable, keys: [{{sha256: '{}'}}, {{sha256: '{}'}}]}}\n",
+            h(&ops),
+            h(&batch),
+            h(&leaver)
+        ),
+    )
+    .unwrap();
+    let m = MockVllm::start("m").await;
+    // Each engine request takes 600 ms; the model takes 2 at a time.
+    const ENGINE_MS: u64 = 600;
+    m.set_prefill_ms(ENGINE_MS);
+    let yaml = format!(
+        "{}admission:\n  models:\n    m: {{max_in_flight: 2}}\n",
+        config(&m, &keys_file, &dir.path().join("usage.sqlite"))
+    );
+    let r = std::sync::Arc::new(RouterProc::start(&yaml).await);
+    let depth = "llm_router_queue_depth{class=\"sheddable\",model=\"m\"}";
+    // The flood: 2 at the engine, 10 queued.
+    let flood: Vec<_> = (0..12)
+        .map(|_| {
+            let (r, batch) = (r.clone(), batch.clone());
+            tokio::spawn(async move { post(&r, &batch, chat(json!({}))).await.0 })
+        })
+        .collect();
+    wait_for("10 queued", Duration::from_secs(10), async || {
+        metric(&r, &ops, depth).await == 10.0
+    })
+    .await;
+    // A client that gives up while queued leaves the queue.
+    let gave_up = reqwest::Client::new()
+        .post(r.url("/v1/chat/completions"))
+        .bearer_auth(&leaver)
+        .timeout(Duration::from_millis(300))
+        .json(&chat(json!({})))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    wait_for(
+        "the leaver out of the queue",
+        Duration::from_secs(5),
+        async || metric(&r, &ops, depth).await == 10.0,
+    )
+    .await;
+    // The critical request is served next: by the time it is answered, the engine has
+    // finished the two requests it had, the critical one and at most the queued one that
+    // took the other place alongside it (behind the flood it would be 10 more).
+    let before = m.completed();
+    let (st, _, v) = post(&r, &ops, chat(json!({}))).await;
+    assert_eq!(st, 200, "{v}");
+    let finished_meanwhile = m.completed() - before;
+    assert!(
+        finished_meanwhile <= 4,
+        "{finished_meanwhile} engine requests finished first"
+    );
+    // Its wait was for the first place to free up: less than one engine request.
+    let waited = metric(
+        &r,
+        &ops,
+        "llm_router_admission_wait_seconds_sum{class=\"critical\",model=\"m\"}",
+    )
+    .await;
+    assert!(
+        waited < ENGINE_MS as f64 / 1000.0 * 1.5,
+        "critical waited {waited} s"
+    );
+    for f in flood {
+        assert_eq!(f.await.unwrap(), 200);
+    }
+    assert_eq!(metric(&r, &ops, depth).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheddable_requests_are_refused_while_every_instance_is_saturated() {
+    let [ops, batch] = [0; 2].map(|_| token::new_key().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.yaml");
+    let h = |k: &str| token::hex(&token::digest(k));
+    std::fs::write(
+        &keys_file,
+        format!(
+            "version: 1\nprincipals:\n  - {{id: ops, class: critical, keys: [{{sha256: '{}'}}]}}\n  - {{id: batch, class: sheddable, keys: [{{sha256: '{}'}}]}}\n",
+            h(&ops),
+            h(&batch)
+        ),
+    )
+    .unwrap();
+    let m = MockVllm::start("m").await;
+    let r = RouterProc::start(&config(&m, &keys_file, &dir.path().join("usage.sqlite"))).await;
+    assert_eq!(post(&r, &batch, chat(json!({}))).await.0, 200);
+    // The engine reports 20 waiting (over admission.saturation.waiting_per_instance, 8).
+    m.set_gauges(4, 20, 0.5);
+    wait_for("shedding", Duration::from_secs(10), async || {
+        let (st, h, v) = post(&r, &batch, chat(json!({}))).await;
+        st == 503 && v["error"]["code"] == "server_overloaded" && h.get("retry-after").is_some()
+    })
+    .await;
+    // Critical requests are never shed.
+    assert_eq!(post(&r, &ops, chat(json!({}))).await.0, 200);
+    m.set_gauges(0, 0, 0.1);
+    wait_for("no more shedding", Duration::from_secs(10), async || {
+        post(&r, &batch, chat(json!({}))).await.0 == 200
+    })
+    .await;
+    assert!(metric(&r, &ops, "llm_router_denied_total{reason=\"shed\"}").await >= 1.0);
 }

@@ -8,12 +8,93 @@
 
 pub mod bucket;
 pub mod limiter;
+pub mod queue;
 
 pub use limiter::{Admitted, Limiter, RateHeaders, Refusal};
+pub use queue::{Entered, Gate, Permit, Refused};
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::auth::Principal;
-use crate::config::{OnMissingUsage, TokenOptions};
+use crate::balance::stats::State;
+use crate::balance::Model;
+use crate::config::{OnMissingUsage, QueueOptions, Saturation, TokenOptions};
 use crate::http::ApiError;
+
+/// The queue gates of all models.
+pub struct Gates {
+    by_model: HashMap<String, Arc<Gate>>,
+    opts: Arc<QueueOptions>,
+}
+
+impl Gates {
+    pub fn new(opts: &QueueOptions) -> Self {
+        let opts = Arc::new(opts.clone());
+        let by_model = opts
+            .models
+            .iter()
+            .map(|(name, m)| (name.clone(), Gate::new(name, m.max_in_flight, opts.clone())))
+            .collect();
+        Gates { by_model, opts }
+    }
+
+    pub fn get(&self, model: &str) -> Option<&Arc<Gate>> {
+        self.by_model.get(model)
+    }
+
+    pub fn options(&self) -> &QueueOptions {
+        &self.opts
+    }
+
+    /// The `priority` to write into a request of a principal of class index `class`
+    /// (critical, standard, sheddable) for `model`, when its engines schedule by priority.
+    pub fn engine_priority(&self, model: &str, class: crate::auth::Class) -> Option<i64> {
+        let m = self.opts.models.get(model)?;
+        m.priority_scheduling
+            .then(|| self.opts.classes[queue::class_index(class)].engine_priority)
+    }
+}
+
+/// Whether every healthy instance of `model` is saturated (its scraped waiting queue or
+/// KV-cache use at or over `s`): sheddable requests are refused then. Unknown (stale or
+/// never scraped) load does not count as saturated.
+pub fn saturated(model: &Model, s: &Saturation) -> bool {
+    let mut healthy = model
+        .instances
+        .iter()
+        .map(|i| i.snapshot())
+        .filter(|snap| snap.state == State::Healthy)
+        .peekable();
+    healthy.peek().is_some()
+        && healthy.all(|snap| {
+            snap.load().is_some()
+                && (snap.waiting >= s.waiting_per_instance || snap.kv_usage >= s.kv_cache_usage)
+        })
+}
+
+/// The 503 of a request the queue did not let in (`None`: the client left).
+pub fn refused_error(model: &str, r: Refused) -> Option<(&'static str, ApiError)> {
+    let (reason, msg, retry) = match r {
+        Refused::ClientGone => return None,
+        Refused::Full { retry_after_s } => (
+            "queue_full",
+            format!("Model `{model}` is at capacity and its queue is full; retry shortly"),
+            retry_after_s,
+        ),
+        Refused::Timeout { retry_after_s } => (
+            "queue_timeout",
+            format!("Model `{model}` is at capacity: the wait for a place exceeds this request's max_queue_wait_s"),
+            retry_after_s,
+        ),
+        Refused::Shed => (
+            "shed",
+            format!("Model `{model}` is saturated; sheddable requests are refused until it has room"),
+            5,
+        ),
+    };
+    Some((reason, ApiError::server_overloaded(msg, retry)))
+}
 
 /// Bytes per token of the prompt estimate: JSON and English text run at about four, so
 /// three over-reserves a little and the settlement gives the rest back.

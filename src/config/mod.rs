@@ -10,6 +10,7 @@
 //! daemon (`-d`) runs in `/`, and a service should not depend on where it was started.
 
 mod access;
+mod admission;
 mod error;
 mod raw;
 mod validate;
@@ -26,6 +27,7 @@ pub use access::{
     check_exposure, is_loopback_host, Accounting, AuthMode, AuthOptions, CacheSalt, GuardedField,
     OnMissingUsage, RequestPolicy, TokenOptions,
 };
+pub use admission::{ClassOptions, ModelAdmission, QueueOptions, Saturation};
 pub use error::{ConfigError, ConfigErrors};
 pub use values::{valid_log_level, AccessLogFormat, Engine, Pooling};
 
@@ -465,6 +467,8 @@ pub struct Config {
     /// `admission.headers`: `x-ratelimit-*` on authenticated answers (`openai`, default)
     /// or not (`none`).
     pub rate_headers: bool,
+    /// The admission queue: per-model caps, classes, saturation.
+    pub queue: QueueOptions,
     /// Problems worth a warning but not a refusal (unknown keys).
     #[serde(skip)]
     pub warnings: Vec<String>,

@@ -51,6 +51,13 @@ pub struct RawAdmission {
     #[serde(default)]
     pub tokens: RawTokens,
     pub headers: Option<RateHeadersMode>,
+    pub classes: Option<super::admission::RawClasses>,
+    #[serde(default)]
+    pub queue: super::admission::RawQueue,
+    #[serde(default)]
+    pub saturation: super::admission::RawSaturation,
+    #[serde(default)]
+    pub models: IndexMap<String, super::admission::RawModelAdmission>,
 }
 
 /// `admission.headers`.

@@ -341,3 +341,68 @@ embedding_server:
     assert_eq!(c.supervisor.log_dir, cwd.join("conf/logs"));
     assert_eq!(c.supervisor.run_dir, cwd.join("conf/run"));
 }
+
+#[test]
+fn admission_queue_defaults_overrides_and_errors() {
+    let two = r#"
+LLM_engines:
+  m:
+    instances:
+      - {id: a, host: localhost, port: 8001}
+      - {id: b, host: localhost, port: 8002}
+    model_config: {model_tag: org/m, max-num-seqs: 10, scheduling_policy: priority}
+  n:
+    instances:
+      - {id: c, host: localhost, port: 8003}
+    model_config: {model_tag: org/n}
+"#;
+    let c = load(two).unwrap();
+    // 1.25 x (2 instances x 10 seqs); unknown without max_num_seqs.
+    assert_eq!(c.queue.models["m"].max_in_flight, Some(25));
+    assert!(c.queue.models["m"].priority_scheduling);
+    assert_eq!(
+        c.queue.models["n"],
+        ModelAdmission {
+            max_in_flight: None,
+            priority_scheduling: false
+        }
+    );
+    assert_eq!(c.queue.classes[2].max_queue_wait, Duration::from_secs(5));
+    // Partial class overrides are merged key by key.
+    let c = load(&format!(
+        "{two}admission:\n  models: {{n: {{max_in_flight: 3}}}}\n  classes: {{sheddable: {{weight: 2}}}}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.queue.models["n"].max_in_flight, Some(3));
+    let s = &c.queue.classes[2];
+    assert_eq!(
+        (
+            s.weight,
+            s.max_queue_wait,
+            s.shed_when_saturated,
+            s.engine_priority
+        ),
+        (2, Duration::from_secs(5), true, 10)
+    );
+    let errs = errors(&format!(
+        "{two}admission:\n  models: {{zz: {{}}, n: {{max_in_flight: 0}}}}\n  classes: {{critical: {{weight: 0, max_queue_wait_s: -1}}, vip: {{}}}}\n  saturation: {{kv_cache_usage: 2}}\n  queue: {{max_waiting: 0}}\n"
+    ))
+    .join("\n");
+    for want in ["admission.classes.vip", "unknown field"] {
+        assert!(errs.contains(want), "{want}: {errs}");
+    }
+    let errs = errors(&format!(
+        "{two}admission:\n  models: {{zz: {{}}, n: {{max_in_flight: 0}}}}\n  classes: {{critical: {{weight: 0, max_queue_wait_s: -1}}}}\n  saturation: {{kv_cache_usage: 2}}\n  queue: {{max_waiting: 0}}\n"
+    ))
+    .join("\n");
+    for want in [
+        "admission.models.zz: not a configured model",
+        "admission.models.n.max_in_flight: must be at least 1",
+        "admission.classes.critical.weight: must be at least 1",
+        "admission.classes.critical.max_queue_wait_s",
+        "admission.saturation.kv_cache_usage",
+        "admission.queue.max_waiting: must be at least 1",
+    ] {
+        assert!(errs.contains(want), "{want}: {errs}");
+    }
+}

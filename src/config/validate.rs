@@ -146,7 +146,7 @@ impl Checker<'_> {
         }
     }
 
-    fn secs(&mut self, key: &str, v: Option<f64>, default: Duration) -> Duration {
+    pub(super) fn secs(&mut self, key: &str, v: Option<f64>, default: Duration) -> Duration {
         match v {
             None => default,
             Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
@@ -204,6 +204,15 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
     let request_policy = super::access::resolve_request_policy(&mut c, &raw.admission);
     let tokens = super::access::resolve_tokens(&mut c, &raw.admission);
     let rate_headers = raw.admission.headers != Some(super::raw::RateHeadersMode::None);
+    let adm = raw.admission;
+    let queue = super::admission::resolve_queue(
+        &mut c,
+        adm.classes,
+        adm.queue,
+        adm.saturation,
+        &adm.models,
+        &models,
+    );
     let config = Config {
         source: file.to_path_buf(),
         router,
@@ -215,6 +224,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         request_policy,
         tokens,
         rate_headers,
+        queue,
         warnings: c.warnings,
     };
     if let Err(e) = config.check_exposure() {

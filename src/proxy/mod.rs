@@ -27,7 +27,8 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::admin::{self, Introspect};
-use crate::admission::{self, Admitted, Estimate, Limiter, RateHeaders};
+use crate::admission::{self, Admitted, Estimate, Gates, Limiter, Permit, RateHeaders};
+use crate::auth::Class;
 use crate::auth::{Auth, Denied, Principal};
 use crate::balance::{Model, Registry};
 use crate::config::{
@@ -74,6 +75,8 @@ pub struct Router {
     limiter: Limiter,
     /// `x-ratelimit-*` on authenticated answers (`admission.headers`).
     rate_headers: bool,
+    /// Per-model admission queues.
+    gates: Gates,
 }
 
 /// Per-request state, kept for logging.
@@ -100,6 +103,8 @@ pub struct RequestCtx {
     /// The request's places and token reservation, settled in `logging()`.
     admitted: Option<Admitted>,
     estimate: Estimate,
+    /// The request's place at its model's engines (admission queue), until the end.
+    _permit: Option<Permit>,
 }
 
 impl Router {
@@ -149,6 +154,7 @@ impl Router {
             policy: config.request_policy.clone(),
             limiter,
             rate_headers: config.rate_headers,
+            gates: Gates::new(&config.queue),
         })
     }
 
@@ -378,12 +384,17 @@ impl Router {
             )
             .with_param("model"));
         }
+        let class = ctx
+            .principal
+            .as_deref()
+            .map_or(Class::Standard, |p| p.class);
         let mut edits = policy::edits(
             &self.policy,
             &info,
             &model.served_name,
             ctx.principal.as_deref(),
             endpoint.generates(),
+            self.gates.engine_priority(&model.name, class),
         )?;
         let asked = admission::Asked {
             body_bytes: body.len(),
@@ -392,6 +403,9 @@ impl Router {
             generation: endpoint.generates(),
         };
         self.admit(session, ctx, model, &asked)?;
+        if !self.queue(session, ctx, model).await? {
+            return Ok(());
+        }
         let usage_edit = policy::stream_usage(&info, endpoint.generates())
             .filter(|_| self.limiter.options().inject_stream_usage);
         let strip_usage_event = usage_edit.is_some();
@@ -432,6 +446,53 @@ impl Router {
                 Ok(())
             }
             Err(r) => Err(self.deny(session, ctx, Denied::limited(&p, r.reason, r.error))),
+        }
+    }
+
+    /// Waits for a place at `model`'s engines (its admission queue). `Ok(false)`: the
+    /// client left while waiting (nothing to answer).
+    async fn queue(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        model: &Model,
+    ) -> Result<bool, ApiError> {
+        let Some(gate) = self.gates.get(&model.name) else {
+            return Ok(true);
+        };
+        let p = ctx.principal.clone();
+        let class = p.as_deref().map_or(Class::Standard, |p| p.class);
+        let id = p.as_deref().map_or("-", |p| p.id.as_str());
+        // Only a class that is shed looks at the instances' load.
+        let opts = self.gates.options();
+        let saturated = opts.classes[admission::queue::class_index(class)].shed_when_saturated
+            && admission::saturated(model, &opts.saturation);
+        let entered = {
+            let gone = async {
+                let _ = session.downstream_session.read_body_or_idle(true).await;
+            };
+            gate.enter(class, id, saturated, gone).await
+        };
+        match entered {
+            Ok(e) => {
+                ctx._permit = e.permit;
+                Ok(true)
+            }
+            Err(r) => match admission::refused_error(&model.name, r) {
+                None => {
+                    ctx.outcome.client_gone = true;
+                    Ok(false)
+                }
+                Some((reason, error)) => {
+                    let d = Denied {
+                        reason,
+                        key_fp: None,
+                        principal: p.map(|p| p.id.clone()),
+                        error,
+                    };
+                    Err(self.deny(session, ctx, d))
+                }
+            },
         }
     }
 

@@ -12,12 +12,15 @@ use super::body::{model_edit, Edit, RequestInfo};
 
 /// The edits of a request's body for the engine serving `served_name`. `generation`:
 /// chat or completions (the requests that fill an engine's prefix cache).
+/// `engine_priority`: the class's `priority` for an engine that schedules by priority
+/// (written in place of, or in addition to, the client's).
 pub fn edits(
     policy: &RequestPolicy,
     info: &RequestInfo,
     served_name: &str,
     principal: Option<&Principal>,
     generation: bool,
+    engine_priority: Option<i64>,
 ) -> Result<Vec<Edit>, ApiError> {
     if let Some(n) = info.n.filter(|n| *n > policy.max_n) {
         return Err(ApiError::bad_request(
@@ -33,23 +36,33 @@ pub fn edits(
         .filter(|_| generation && policy.cache_salt == CacheSalt::PerPrincipal)
         .map(|p| serde_json::to_string(&auth::cache_salt(p)).unwrap_or_default());
     let mut out: Vec<Edit> = model_edit(info, served_name).into_iter().collect();
-    let mut salted = false;
+    let (mut salted, mut prioritised) = (false, false);
     for (field, span) in &info.guarded {
-        let text = match (field, &salt) {
-            (GuardedField::CacheSalt, Some(s)) => {
+        let text = match (field, &salt, engine_priority) {
+            (GuardedField::CacheSalt, Some(s), _) => {
                 salted = true;
                 s.clone()
+            }
+            (GuardedField::Priority, _, Some(p)) => {
+                prioritised = true;
+                p.to_string()
             }
             _ if policy.strip_fields.contains(field) => field.neutral().to_string(),
             _ => continue,
         };
         out.push(Edit { span: *span, text });
     }
+    let at = info.open + 1;
     if let Some(s) = salt.filter(|_| !salted) {
-        let at = info.open + 1;
         out.push(Edit {
             span: (at, at),
             text: format!("\"cache_salt\":{s},"),
+        });
+    }
+    if let Some(p) = engine_priority.filter(|_| !prioritised) {
+        out.push(Edit {
+            span: (at, at),
+            text: format!("\"priority\":{p},"),
         });
     }
     Ok(out)
@@ -111,6 +124,7 @@ mod tests {
             "engine-m",
             principal,
             generation,
+            None,
         )
         .unwrap();
         let out: Vec<u8> = splice(&body, e).concat();
@@ -184,10 +198,22 @@ mod tests {
     }
 
     #[test]
+    fn engines_that_schedule_by_priority_get_the_class_priority() {
+        let run = |body: &str| {
+            let b = Bytes::from(body.to_string());
+            let info = inspect(&b).unwrap();
+            let e = edits(&RequestPolicy::default(), &info, "m", None, true, Some(-10)).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&splice(&b, e).concat()).unwrap()
+        };
+        assert_eq!(run(r#"{"model":"m","priority":-1000}"#)["priority"], -10);
+        assert_eq!(run(r#"{"model":"m"}"#)["priority"], -10);
+    }
+
+    #[test]
     fn n_over_the_cap_is_a_400() {
         let body = Bytes::from_static(br#"{"model":"m","n":9}"#);
         let info = inspect(&body).unwrap();
-        let e = edits(&RequestPolicy::default(), &info, "m", None, true).unwrap_err();
+        let e = edits(&RequestPolicy::default(), &info, "m", None, true, None).unwrap_err();
         assert_eq!((e.status.as_u16(), e.param), (400, Some("n")));
         let ok = Bytes::from_static(br#"{"model":"m","n":8}"#);
         assert!(edits(
@@ -195,7 +221,8 @@ mod tests {
             &inspect(&ok).unwrap(),
             "m",
             None,
-            true
+            true,
+            None
         )
         .is_ok());
     }

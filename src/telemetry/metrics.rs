@@ -44,6 +44,25 @@ pub static TTFT: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+pub static ADMISSION_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "llm_router_admission_wait_seconds",
+        "Time a request waited in its model's admission queue (0 when let in at once)",
+        &["model", "class"],
+        latency_buckets()
+    )
+    .expect("registers once")
+});
+
+pub static QUEUE_DEPTH: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "llm_router_queue_depth",
+        "Requests waiting in a model's admission queue, by class",
+        &["model", "class"]
+    )
+    .expect("registers once")
+});
+
 pub static TOKEN_GAP: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "llm_router_inter_token_gap_seconds",
