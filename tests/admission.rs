@@ -451,11 +451,12 @@ async fn a_critical_request_takes_the_next_place_before_a_queued_flood() {
     )
     .unwrap();
     let m = MockVllm::start("m").await;
-    // Each engine request takes 600 ms; the model takes 2 at a time.
+    // Each engine request takes 600 ms; the model takes 2 at a time, and no place is
+    // kept for critical requests: the critical one must win on queue order alone.
     const ENGINE_MS: u64 = 600;
     m.set_prefill_ms(ENGINE_MS);
     let yaml = format!(
-        "{}admission:\n  models:\n    m: {{max_in_flight: 2}}\n",
+        "{}admission:\n  critical_reserve: 0\n  models:\n    m: {{max_in_flight: 2}}\n",
         config(&m, &keys_file, &dir.path().join("usage.sqlite"))
     );
     let r = std::sync::Arc::new(RouterProc::start(&yaml).await);

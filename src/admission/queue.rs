@@ -122,6 +122,8 @@ impl DrainRate {
 
 struct Inner {
     in_flight: usize,
+    /// Of those, requests of the other classes than `critical` (kept out of the reserve).
+    rest_in_flight: usize,
     queues: [ClassQueue; 3],
     /// Smooth weighted round robin between the classes after `critical`.
     current: [i64; 3],
@@ -130,14 +132,26 @@ struct Inner {
 }
 
 impl Inner {
+    /// A place taken by a request of class index `c`.
+    fn take(&mut self, c: usize) {
+        self.in_flight += 1;
+        if c != 0 {
+            self.rest_in_flight += 1;
+        }
+    }
+
     fn waiting(&self) -> usize {
         self.queues.iter().map(|q| q.len).sum()
     }
 
-    /// The next waiter: `critical` first, then by weight.
-    fn next(&mut self, classes: &[ClassOptions; 3]) -> Option<(usize, Waiter)> {
+    /// The next waiter: `critical` first, then by weight (`rest`: a place outside the
+    /// critical reserve is free).
+    fn next(&mut self, classes: &[ClassOptions; 3], rest: bool) -> Option<(usize, Waiter)> {
         if self.queues[0].len > 0 {
             return self.queues[0].pop().map(|w| (0, w));
+        }
+        if !rest {
+            return None;
         }
         let open: Vec<usize> = (1..3).filter(|&c| self.queues[c].len > 0).collect();
         let total: i64 = open.iter().map(|&c| i64::from(classes[c].weight)).sum();
@@ -169,6 +183,8 @@ pub enum Refused {
 pub struct Gate {
     model: String,
     cap: Option<usize>,
+    /// Places of the cap only `critical` requests may take (`admission.critical_reserve`).
+    reserve: usize,
     opts: Arc<QueueOptions>,
     inner: Mutex<Inner>,
 }
@@ -176,11 +192,12 @@ pub struct Gate {
 /// A place at the engines, given back (to the next waiter) when dropped.
 pub struct Permit {
     gate: Arc<Gate>,
+    critical: bool,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.release();
+        self.gate.release(self.critical);
     }
 }
 
@@ -212,7 +229,7 @@ impl Drop for Ticket<'_> {
             r
         };
         if !removed && rx.try_recv().is_ok() {
-            self.gate.release();
+            self.gate.release(self.class == 0);
         }
     }
 }
@@ -220,12 +237,17 @@ impl Drop for Ticket<'_> {
 impl Gate {
     /// `cap`: the model's `max_in_flight` (`None`: unlimited, nothing waits).
     pub fn new(model: &str, cap: Option<usize>, opts: Arc<QueueOptions>) -> Arc<Gate> {
+        let reserve = cap.map_or(0, |c| {
+            ((c as f64 * opts.critical_reserve).ceil() as usize).min(c.saturating_sub(1))
+        });
         Arc::new(Gate {
             model: model.to_string(),
             cap,
+            reserve,
             opts,
             inner: Mutex::new(Inner {
                 in_flight: 0,
+                rest_in_flight: 0,
                 queues: Default::default(),
                 current: [0; 3],
                 next_id: 0,
@@ -240,6 +262,11 @@ impl Gate {
 
     pub fn cap(&self) -> Option<usize> {
         self.cap
+    }
+
+    /// Places kept for `critical` requests.
+    pub fn reserve(&self) -> usize {
+        self.reserve
     }
 
     /// Requests at the engines and waiting, now.
@@ -286,8 +313,14 @@ impl Gate {
         let t0 = Instant::now();
         let (rx, id) = {
             let mut g = self.lock();
-            if g.in_flight < cap && g.waiting() == 0 {
-                g.in_flight += 1;
+            // Critical may take the reserve; it never waits behind other classes.
+            let free = if c == 0 {
+                g.queues[0].len == 0 && g.in_flight < cap
+            } else {
+                g.waiting() == 0 && g.in_flight < cap && g.rest_in_flight < cap - self.reserve
+            };
+            if free {
+                g.take(c);
                 return Ok(self.entered(t0, class));
             }
             if g.waiting() >= self.opts.max_waiting {
@@ -343,30 +376,37 @@ impl Gate {
             .with_label_values(&[&self.model, class.label()])
             .observe(waited.as_secs_f64());
         Entered {
-            permit: Some(Permit { gate: self.clone() }),
+            permit: Some(Permit {
+                gate: self.clone(),
+                critical: class == Class::Critical,
+            }),
             waited,
         }
     }
 
-    /// A place is free: to the next waiter (whose client is still there), else counted.
-    fn release(&self) {
+    /// A place is free (`critical`: of a critical request): to the next waiter whose
+    /// client is still there and whose class may take it.
+    fn release(&self, critical: bool) {
         let mut g = self.lock();
         g.drain.record(Instant::now());
+        g.in_flight = g.in_flight.saturating_sub(1);
+        if !critical {
+            g.rest_in_flight = g.rest_in_flight.saturating_sub(1);
+        }
+        let cap = self.cap.unwrap_or(usize::MAX);
         loop {
-            match g.next(&self.opts.classes) {
-                Some((_, w)) => {
+            let rest = g.rest_in_flight < cap - self.reserve;
+            match g.next(&self.opts.classes, rest) {
+                Some((c, w)) => {
                     if w.tx.send(()).is_ok() {
-                        self.depth(&g);
-                        return;
+                        g.take(c);
+                        break;
                     }
                 }
-                None => {
-                    g.in_flight = g.in_flight.saturating_sub(1);
-                    self.depth(&g);
-                    return;
-                }
+                None => break,
             }
         }
+        self.depth(&g);
     }
 }
 
@@ -534,6 +574,39 @@ mod tests {
             .err();
         assert!(matches!(t, Some(Refused::Timeout { .. })), "{t:?}");
         assert_eq!(g1.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn the_critical_reserve_keeps_places_for_critical_requests() {
+        let opts = QueueOptions {
+            critical_reserve: 0.25,
+            ..QueueOptions::default()
+        };
+        let g = Gate::new("m", Some(4), Arc::new(opts));
+        assert_eq!(g.reserve(), 1);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                g.enter(Class::Sheddable, "b", false, pending())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // The fourth place is critical's: a sheddable request waits, a critical one enters.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiting = waiter(&g, Class::Sheddable, "b", &order, "s");
+        until_waiting(&g, 1).await;
+        let c = g
+            .enter(Class::Critical, "ops", false, pending())
+            .await
+            .unwrap();
+        assert_eq!(g.counts(), (4, 1));
+        // Critical's place, given back, stays free for critical; a sheddable one's goes on.
+        drop(c);
+        assert_eq!(g.counts(), (3, 1));
+        held.pop();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["s"]);
     }
 
     #[tokio::test]

@@ -151,6 +151,8 @@ pub struct Principal {
     /// [`Self::limits`].
     pub model_limits: HashMap<String, Limits>,
     pub enabled: bool,
+    /// Its prefix-cache salt ([`super::cache_salt`]), computed once.
+    pub(super) salt: String,
 }
 
 impl Principal {
@@ -289,6 +291,7 @@ impl Builder<'_> {
             model_limits.insert(name, l);
         }
         let principal = Arc::new(Principal {
+            salt: super::salt_of(&p.id),
             id: p.id,
             team: p.team,
             class: p.class.or(defaults.class).unwrap_or_default(),

@@ -301,8 +301,12 @@ pub fn is_private_header(name: &str) -> bool {
 /// stable across restarts (engines keep their caches over a router upgrade). It need not
 /// be secret: clients cannot set it (the router overwrites theirs), so knowing another
 /// team's salt gives nothing.
-pub fn cache_salt(principal: &Principal) -> String {
-    token::hex(&token::digest(&format!("llm-router cache salt\0{}", principal.id))[..16])
+pub fn cache_salt(principal: &Principal) -> &str {
+    &principal.salt
+}
+
+fn salt_of(id: &str) -> String {
+    token::hex(&token::digest(&format!("llm-router cache salt\0{id}"))[..16])
 }
 
 #[cfg(test)]

@@ -49,6 +49,10 @@ pub struct QueueOptions {
     /// Requests waiting per model at most (`admission.queue.max_waiting`); then 503.
     pub max_waiting: usize,
     pub saturation: Saturation,
+    /// Share of each model's cap that only `critical` requests may use (rounded up,
+    /// always leaving one place to the others), so that a critical request finds a place
+    /// at once even while every other place is taken. Default 0.1.
+    pub critical_reserve: f64,
     pub models: IndexMap<String, ModelAdmission>,
 }
 
@@ -71,6 +75,7 @@ impl Default for QueueOptions {
                 waiting_per_instance: 8.0,
                 kv_cache_usage: 0.95,
             },
+            critical_reserve: 0.1,
             models: IndexMap::new(),
         }
     }
@@ -134,6 +139,7 @@ fn default_cap(m: &ModelConfig) -> Option<usize> {
 
 pub(super) fn resolve_queue(
     c: &mut Checker<'_>,
+    critical_reserve: Option<f64>,
     classes: Option<RawClasses>,
     queue: RawQueue,
     saturation: RawSaturation,
@@ -174,6 +180,16 @@ pub(super) fn resolve_queue(
     }
     out.max_waiting = queue.max_waiting.unwrap_or(d.max_waiting).max(1);
     out.saturation = resolve_saturation(c, saturation, d.saturation);
+    out.critical_reserve = match critical_reserve {
+        Some(f) if !(0.0..1.0).contains(&f) => {
+            c.err(
+                "admission.critical_reserve",
+                format!("{f} is not a fraction in [0, 1)"),
+            );
+            d.critical_reserve
+        }
+        f => f.unwrap_or(d.critical_reserve),
+    };
     for (name, _) in models
         .iter()
         .filter(|(n, _)| !configured.iter().any(|m| &m.name == *n))

@@ -51,6 +51,7 @@ pub struct RawAdmission {
     #[serde(default)]
     pub tokens: RawTokens,
     pub headers: Option<RateHeadersMode>,
+    pub critical_reserve: Option<f64>,
     pub classes: Option<super::admission::RawClasses>,
     #[serde(default)]
     pub queue: super::admission::RawQueue,

@@ -207,6 +207,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
     let adm = raw.admission;
     let queue = super::admission::resolve_queue(
         &mut c,
+        adm.critical_reserve,
         adm.classes,
         adm.queue,
         adm.saturation,

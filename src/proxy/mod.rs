@@ -187,9 +187,6 @@ impl Router {
                 .auth
                 .authenticate(&h.headers)
                 .map_err(|d| self.deny(session, ctx, *d))?;
-            if let Some(p) = ctx.principal.as_deref().filter(|_| self.rate_headers) {
-                ctx.rate_headers = self.limiter.peek(p);
-            }
         }
         let principal = ctx.principal.clone();
         let principal = principal.as_deref();
@@ -208,6 +205,7 @@ impl Router {
                     .map(|m| self.model_card(m))
                     .collect();
                 let body = json!({ "object": "list", "data": data });
+                self.fill_rate_headers(ctx);
                 write_json(session, 200, body.to_string().into(), &ctx.rate_headers).await;
                 Ok(())
             }
@@ -215,6 +213,7 @@ impl Router {
                 self.may_call(session, ctx, "models")?;
                 let m = self.allowed_model(session, ctx, found.rest)?;
                 let card = self.model_card(m).to_string().into();
+                self.fill_rate_headers(ctx);
                 write_json(session, 200, card, &ctx.rate_headers).await;
                 Ok(())
             }
@@ -346,44 +345,13 @@ impl Router {
             // text-embeddings-inference's `/rerank` names no model: the first reranker
             // the principal may use.
             Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
-                let p = ctx.principal.clone();
-                let Some(m) = self
-                    .visible_models(p.as_deref())
-                    .find(|m| m.kind == ModelKind::Rerank)
-                else {
-                    return Err(e);
-                };
-                ctx.model = Some(m.name.clone());
-                let asked = admission::Asked {
-                    body_bytes: body.len(),
-                    ..Default::default()
-                };
-                self.admit(session, ctx, m, &asked)?;
-                let ex = Exchange {
-                    headers: &ctx.rate_headers,
-                    ..Default::default()
-                };
-                return self
-                    .forwarder
-                    .forward(session, m, vec![body], ex, &mut ctx.outcome)
-                    .await;
+                return self.nameless_rerank(session, ctx, body, e).await;
             }
             r => r?,
         };
         let model = self.allowed_model(session, ctx, &info.model)?;
         ctx.model = Some(model.name.clone());
-        if !endpoint.accepts(model.kind) {
-            return Err(ApiError::bad_request(
-                "model_not_supported",
-                format!(
-                    "Model `{}` is {} model and cannot serve {}",
-                    model.name,
-                    kind_article(model.kind),
-                    endpoint.path()
-                ),
-            )
-            .with_param("model"));
-        }
+        serves(model, endpoint)?;
         let class = ctx
             .principal
             .as_deref()
@@ -422,6 +390,40 @@ impl Router {
             .await
     }
 
+    /// text-embeddings-inference's `/rerank` names no model: the first reranker the
+    /// principal may use (else `missing`), the body as it is.
+    async fn nameless_rerank(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+        missing: ApiError,
+    ) -> Result<(), ApiError> {
+        let p = ctx.principal.clone();
+        let Some(m) = self
+            .visible_models(p.as_deref())
+            .find(|m| m.kind == ModelKind::Rerank)
+        else {
+            return Err(missing);
+        };
+        ctx.model = Some(m.name.clone());
+        let asked = admission::Asked {
+            body_bytes: body.len(),
+            ..Default::default()
+        };
+        self.admit(session, ctx, m, &asked)?;
+        if !self.queue(session, ctx, m).await? {
+            return Ok(());
+        }
+        let ex = Exchange {
+            headers: &ctx.rate_headers,
+            ..Default::default()
+        };
+        self.forwarder
+            .forward(session, m, vec![body], ex, &mut ctx.outcome)
+            .await
+    }
+
     /// The principal's limits (auth on): the request reserves its estimate and takes its
     /// in-flight places, or is refused with 429 (or 400 for a `max_tokens` over the cap).
     fn admit(
@@ -437,15 +439,26 @@ impl Router {
         let cap = admission::max_tokens_per_request(&p, &model.name);
         let est = admission::estimate(self.limiter.options(), asked, cap)?;
         match self.limiter.admit(&p, &model.name, &est) {
-            Ok(a) => {
+            Ok(mut a) => {
                 if self.rate_headers {
-                    ctx.rate_headers = a.headers.clone();
+                    ctx.rate_headers = std::mem::take(&mut a.headers);
                 }
                 ctx.admitted = Some(a);
                 ctx.estimate = est;
                 Ok(())
             }
             Err(r) => Err(self.deny(session, ctx, Denied::limited(&p, r.reason, r.error))),
+        }
+    }
+
+    /// The principal's `x-ratelimit-*` for an answer that admission did not set them on
+    /// (local answers, refusals before admission).
+    fn fill_rate_headers(&self, ctx: &mut RequestCtx) {
+        if !self.rate_headers || !ctx.rate_headers.is_empty() {
+            return;
+        }
+        if let Some(p) = ctx.principal.as_deref() {
+            ctx.rate_headers = self.limiter.peek(p);
         }
     }
 
@@ -580,6 +593,23 @@ fn affinity_key(session: &Session, model: &Model, info: &body::RequestInfo) -> S
     }
 }
 
+/// 400 unless a model of `model`'s kind can answer `endpoint`.
+fn serves(model: &Model, endpoint: routes::Endpoint) -> Result<(), ApiError> {
+    if endpoint.accepts(model.kind) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "model_not_supported",
+        format!(
+            "Model `{}` is {} model and cannot serve {}",
+            model.name,
+            kind_article(model.kind),
+            endpoint.path()
+        ),
+    )
+    .with_param("model"))
+}
+
 fn kind_article(k: ModelKind) -> &'static str {
     match k {
         ModelKind::Llm => "a language",
@@ -681,6 +711,7 @@ impl ProxyHttp for Router {
         }
         if let Err(e) = self.handle(session, ctx).await {
             if !response_started(session) {
+                self.fill_rate_headers(ctx);
                 write_error(session, &e, &ctx.request_id, &ctx.rate_headers).await;
                 request_body::discard_rest(session).await;
             }

@@ -34,7 +34,7 @@ pub fn edits(
     }
     let salt = principal
         .filter(|_| generation && policy.cache_salt == CacheSalt::PerPrincipal)
-        .map(|p| serde_json::to_string(&auth::cache_salt(p)).unwrap_or_default());
+        .map(|p| format!("\"{}\"", auth::cache_salt(p)));
     let mut out: Vec<Edit> = model_edit(info, served_name).into_iter().collect();
     let (mut salted, mut prioritised) = (false, false);
     for (field, span) in &info.guarded {

@@ -43,6 +43,9 @@ pub struct MockState {
     pub kv_milli: AtomicU64,
     /// When set, `/metrics` serves this page verbatim (e.g. a real vLLM page).
     pub metrics_page: Mutex<Option<String>>,
+    /// As an engine's `max_num_seqs`: at most this many requests run at once, the rest
+    /// wait first come, first served (before their prefill). `None`: no limit.
+    pub max_running: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 pub struct MockVllm {
@@ -142,6 +145,11 @@ impl MockVllm {
         self.state.prefill_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// At most `n` requests run at once; the rest wait their turn (FIFO).
+    pub fn set_max_running(&self, n: usize) {
+        *self.state.max_running.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(n)));
+    }
+
     pub fn force_status(&self, status: u16) {
         self.state
             .forced_status
@@ -173,6 +181,8 @@ impl Drop for MockVllm {
 struct StreamWatch {
     state: Arc<MockState>,
     done: bool,
+    /// The request's running place (`max_running`), until the answer ends.
+    _running: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for StreamWatch {
@@ -197,9 +207,15 @@ async fn admit(
     *s.last_body.lock().unwrap() = Some(body.clone());
     *s.last_headers.lock().unwrap() = Some(headers);
     // Counts as an abort if the client leaves during the prefill.
+    let running = s.max_running.lock().unwrap().clone();
+    let running = match running {
+        Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
+        None => None,
+    };
     let mut watch = StreamWatch {
         state: s.clone(),
         done: false,
+        _running: running,
     };
     let prefill = s.prefill_ms.load(Ordering::SeqCst);
     if prefill > 0 {
