@@ -294,6 +294,7 @@ async fn the_daily_quota_is_charged_from_usage_streams_included_and_kept_over_a_
         "{ev:?}"
     );
     // 24 used >= 20: refused, and waiting seconds will not help.
+    settled(&s.r, &ops, 3).await;
     let (st, h, v) = post(&s.r, &team, chat(json!({}))).await;
     assert_eq!(st, 429, "{v}");
     assert_eq!(v["error"]["code"], "insufficient_quota");
@@ -307,6 +308,7 @@ async fn the_daily_quota_is_charged_from_usage_streams_included_and_kept_over_a_
         post(&s.r, &team, chat(json!({}))).await.0 == 200
     })
     .await;
+    settled(&s.r, &ops, 4).await;
     assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 429);
     // Per-principal series: 4 answers of 5 completion tokens (refusals are not answers).
     let page = reqwest::Client::new()
@@ -356,6 +358,7 @@ async fn the_usage_ledger_keeps_the_quota_over_a_restart_and_answers_per_day() {
     for _ in 0..3 {
         assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 200);
     }
+    settled(&s.r, &ops, 3).await;
     assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 429);
     // Stop (SIGTERM, as systemd does) and start again on the same files.
     let pid = nix::unistd::Pid::from_raw(s.r.child.id() as i32);
@@ -418,6 +421,34 @@ async fn the_usage_ledger_keeps_the_quota_over_a_restart_and_answers_per_day() {
     assert_eq!(get(&s.r, &team, "/v1/router/usage").await.0, 403);
 }
 
+/// Waits until `n` answers of `team` are settled. A request is charged once its answer
+/// has ended (the access-log phase), so a client's next request can arrive first.
+async fn settled(r: &RouterProc, ops: &str, n: u64) {
+    let series = "llm_router_principal_requests_total{principal=\"team\",status_class=\"2xx\"}";
+    wait_for("the answers settled", Duration::from_secs(5), async || {
+        metric(r, ops, series).await >= n as f64
+    })
+    .await;
+}
+
+/// A keys file in `dir` of principals `(id, class, keys)`.
+fn class_keys(dir: &std::path::Path, principals: &[(&str, &str, &[&str])]) -> std::path::PathBuf {
+    let mut text = String::from("version: 1\nprincipals:\n");
+    for (id, class, keys) in principals {
+        let entries: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{{sha256: '{}'}}", token::hex(&token::digest(k))))
+            .collect();
+        text.push_str(&format!(
+            "  - {{id: {id}, class: {class}, keys: [{}]}}\n",
+            entries.join(", ")
+        ));
+    }
+    let path = dir.join("keys.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The value of the `/metrics` sample `series` (exact text before the value), 0 if absent.
 async fn metric(r: &RouterProc, key: &str, series: &str) -> f64 {
     let page = reqwest::Client::new()
@@ -438,18 +469,13 @@ async fn metric(r: &RouterProc, key: &str, series: &str) -> f64 {
 async fn a_critical_request_takes_the_next_place_before_a_queued_flood() {
     let [ops, batch, leaver] = [0; 3].map(|_| token::new_key().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let keys_file = dir.path().join("keys.yaml");
-    let h = |k: &str| token::hex(&token::digest(k));
-    std::fs::write(
-        &keys_file,
-        format!(
-            "version: 1\nprincipals:\n  - {{id: ops, class: critical, keys: [{{sha256: '{}'}}]}}\n  - {{id: batch, class: sheddable, keys: [{{sha256: '{}'}}, {{sha256: '{}'}}]}}\n",
-            h(&ops),
-            h(&batch),
-            h(&leaver)
-        ),
-    )
-    .unwrap();
+    let keys_file = class_keys(
+        dir.path(),
+        &[
+            ("ops", "critical", &[&ops]),
+            ("batch", "sheddable", &[&batch, &leaver]),
+        ],
+    );
     let m = MockVllm::start("m").await;
     // Each engine request takes 600 ms; the model takes 2 at a time, and no place is
     // kept for critical requests: the critical one must win on queue order alone.
@@ -519,17 +545,13 @@ async fn a_critical_request_takes_the_next_place_before_a_queued_flood() {
 async fn sheddable_requests_are_refused_while_every_instance_is_saturated() {
     let [ops, batch] = [0; 2].map(|_| token::new_key().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let keys_file = dir.path().join("keys.yaml");
-    let h = |k: &str| token::hex(&token::digest(k));
-    std::fs::write(
-        &keys_file,
-        format!(
-            "version: 1\nprincipals:\n  - {{id: ops, class: critical, keys: [{{sha256: '{}'}}]}}\n  - {{id: batch, class: sheddable, keys: [{{sha256: '{}'}}]}}\n",
-            h(&ops),
-            h(&batch)
-        ),
-    )
-    .unwrap();
+    let keys_file = class_keys(
+        dir.path(),
+        &[
+            ("ops", "critical", &[&ops]),
+            ("batch", "sheddable", &[&batch]),
+        ],
+    );
     let m = MockVllm::start("m").await;
     let r = RouterProc::start(&config(&m, &keys_file, &dir.path().join("usage.sqlite"))).await;
     assert_eq!(post(&r, &batch, chat(json!({}))).await.0, 200);
