@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::BenchRouter;
+use common::{pct, BenchRouter};
 use llm_router::auth::token;
 use mock_vllm::MockVllm;
 
@@ -33,13 +33,6 @@ const ROUNDS: usize = 8;
 
 fn body(stream: bool) -> String {
     format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello there\"}}],\"stream\":{stream},\"max_tokens\":16}}")
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -72,41 +65,18 @@ fn drop_router((mut r, _keys): (BenchRouter, Option<tempfile::NamedTempFile>)) {
     let _ = r.child.wait();
 }
 
-/// `conc` clients send non-streaming requests back to back for [`PHASE`]: requests/s
-/// and latencies.
+/// `conc` clients send non-streaming requests (with `key`, if any) back to back for
+/// [`PHASE`]: requests/s and latencies.
 async fn closed_loop(url: &str, key: Option<&str>, conc: usize) -> (f64, Vec<Duration>) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(conc)
-        .build()
-        .unwrap();
-    let t0 = Instant::now();
-    let tasks: Vec<_> = (0..conc)
-        .map(|_| {
-            let (c, url, key) = (client.clone(), url.to_string(), key.map(str::to_string));
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while t0.elapsed() < PHASE {
-                    let s = Instant::now();
-                    let mut req = c.post(&url).body(body(false));
-                    if let Some(k) = &key {
-                        req = req.bearer_auth(k);
-                    }
-                    let r = req.send().await.unwrap();
-                    assert_eq!(r.status(), 200);
-                    r.bytes().await.unwrap();
-                    lat.push(s.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    lat.sort();
-    (lat.len() as f64 / secs, lat)
+    let (url, key) = (url.to_string(), key.map(str::to_string));
+    common::closed_loop(conc, PHASE, move |c| {
+        let req = c.post(&url).body(body(false));
+        match &key {
+            Some(k) => req.bearer_auth(k),
+            None => req,
+        }
+    })
+    .await
 }
 
 async fn cost_of_auth() {

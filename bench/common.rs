@@ -1,8 +1,53 @@
 //! Shared by the benchmarks: the router binary on a config, on a free loopback port,
-//! with its CPU time and memory read from `/proc`.
+//! with its CPU time and memory read from `/proc`; a closed-loop load and percentiles.
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `p` quantile of sorted latencies.
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `conc` clients send the request `make` builds, back to back, for `phase`; every answer
+/// must be 200. Returns requests per second and the sorted latencies.
+pub async fn closed_loop<F>(conc: usize, phase: Duration, make: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(&reqwest::Client) -> reqwest::RequestBuilder + Clone + Send + 'static,
+{
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(conc)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..conc)
+        .map(|_| {
+            let (c, make) = (client.clone(), make.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while t0.elapsed() < phase {
+                    let s = Instant::now();
+                    let r = make(&c).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.unwrap();
+                    lat.push(s.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    all.sort();
+    (all.len() as f64 / secs, all)
+}
 
 pub struct BenchRouter {
     pub child: Child,

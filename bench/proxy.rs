@@ -11,7 +11,7 @@ mod mock_vllm;
 
 use std::time::{Duration, Instant};
 
-use common::{proc_status, BenchRouter};
+use common::{pct, proc_status, BenchRouter};
 use futures_util::StreamExt;
 use mock_vllm::MockVllm;
 
@@ -29,13 +29,6 @@ fn body(stream: bool) -> String {
     format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello there\"}}],\"stream\":{stream}}}")
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 struct Load {
     rps: f64,
     p50: Duration,
@@ -45,35 +38,11 @@ struct Load {
 
 /// `conc` workers send non-streaming requests back to back for [`PHASE`].
 async fn closed_loop(url: &str, conc: usize) -> Load {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(conc)
-        .build()
-        .unwrap();
-    let t0 = Instant::now();
-    let tasks: Vec<_> = (0..conc)
-        .map(|_| {
-            let (c, url) = (client.clone(), url.to_string());
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while t0.elapsed() < PHASE {
-                    let s = Instant::now();
-                    let r = c.post(&url).body(body(false)).send().await.unwrap();
-                    assert_eq!(r.status(), 200);
-                    r.bytes().await.unwrap();
-                    lat.push(s.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    all.sort();
+    let url = url.to_string();
+    let (rps, all) =
+        common::closed_loop(conc, PHASE, move |c| c.post(&url).body(body(false))).await;
     Load {
-        rps: all.len() as f64 / secs,
+        rps,
         p50: pct(&all, 0.5),
         p99: pct(&all, 0.99),
         n: all.len(),

@@ -116,20 +116,19 @@ pub fn sse_usage(data: &[u8]) {
     };
     let whole = scan(&mut std::iter::once(stream));
     let size = usize::from(seed % 32) + 1;
-    assert_eq!(scan(&mut stream.chunks(size)), whole, "pieces of {size}");
-    assert_eq!(scan(&mut stream.chunks(1)), whole, "pieces of 1");
-    // Uneven pieces: 1, 2, 3, ... bytes.
-    let mut uneven = Vec::new();
-    let (mut at, mut n) = (0, 1);
-    while at < stream.len() {
-        let to = (at + n).min(stream.len());
-        uneven.push(&stream[at..to]);
-        (at, n) = (to, n % 7 + 1);
+    for (form, pieces) in ["fixed", "1 byte", "uneven"]
+        .iter()
+        .zip(cuttings(stream, size))
+    {
+        assert_eq!(
+            scan(&mut pieces.into_iter()),
+            whole,
+            "{form} pieces (size {size})"
+        );
     }
-    assert_eq!(scan(&mut uneven.into_iter()), whole, "uneven pieces");
 }
 
-/// Cuts `stream` into the pieces of [`sse_usage`]'s forms: fixed `size`, 1 byte, uneven.
+/// `stream` cut three ways: pieces of `size`, of 1 byte, and uneven (1, 2, ... 7 bytes).
 fn cuttings(stream: &[u8], size: usize) -> Vec<Vec<&[u8]>> {
     let mut uneven = Vec::new();
     let (mut at, mut n) = (0, 1);

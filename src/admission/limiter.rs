@@ -48,11 +48,23 @@ fn sync_bucket(b: &mut Option<Bucket>, limit: Option<u64>, now: Instant) {
 type Shared = Arc<Mutex<State>>;
 
 /// One scope a request is counted in: its limits and its counters.
-struct Scope {
+struct Scope<'a> {
     limits: Limits,
     state: Shared,
-    /// `key vision-batch` or `key vision-batch on model m`, for messages.
-    name: String,
+    principal: &'a str,
+    /// For a `model_limits` scope.
+    model: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    /// `key `vision-batch`` or `key `vision-batch` on model `m``, for messages (built
+    /// only for a refusal).
+    fn name(&self) -> String {
+        match self.model {
+            None => format!("key `{}`", self.principal),
+            Some(m) => format!("key `{}` on model `{m}`", self.principal),
+        }
+    }
 }
 
 /// Why a request was refused: the audit reason and the answer.
@@ -115,8 +127,15 @@ impl Drop for Admitted {
 /// The limiter of all principals.
 #[derive(Default)]
 pub struct Limiter {
-    states: Mutex<HashMap<(String, Option<String>), Shared>>,
+    /// Per principal id: its own counters and those of its `model_limits` models.
+    states: Mutex<HashMap<String, PrincipalStates>>,
     opts: TokenOptions,
+}
+
+#[derive(Default)]
+struct PrincipalStates {
+    own: Shared,
+    models: HashMap<String, Shared>,
 }
 
 fn lock(s: &Shared) -> MutexGuard<'_, State> {
@@ -146,27 +165,37 @@ impl Limiter {
         &self.opts
     }
 
+    /// The counters of `principal` (and `model`); allocates only the first time.
     fn state(&self, principal: &str, model: Option<&str>) -> Shared {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states
-            .entry((principal.to_string(), model.map(str::to_string)))
-            .or_default()
-            .clone()
+        if !states.contains_key(principal) {
+            states.insert(principal.to_string(), PrincipalStates::default());
+        }
+        let ps = states.get_mut(principal).expect("inserted above");
+        let Some(m) = model else {
+            return ps.own.clone();
+        };
+        if let Some(s) = ps.models.get(m) {
+            return s.clone();
+        }
+        ps.models.entry(m.to_string()).or_default().clone()
     }
 
     /// The scopes a request of `p` for `model` is counted in: the principal, then the
     /// principal × model when `model_limits` names it.
-    fn scopes(&self, p: &Principal, model: Option<&str>) -> Vec<Scope> {
+    fn scopes<'a>(&self, p: &'a Principal, model: Option<&str>) -> Vec<Scope<'a>> {
         let mut out = vec![Scope {
             limits: p.limits,
             state: self.state(&p.id, None),
-            name: format!("key `{}`", p.id),
+            principal: &p.id,
+            model: None,
         }];
         if let Some((m, l)) = model.and_then(|m| p.model_limits.get_key_value(m)) {
             out.push(Scope {
                 limits: *l,
                 state: self.state(&p.id, Some(m)),
-                name: format!("key `{}` on model `{m}`", p.id),
+                principal: &p.id,
+                model: Some(m),
             });
         }
         out
@@ -192,7 +221,7 @@ impl Limiter {
             scopes.iter().map(|s| lock(&s.state)).collect();
         for (s, st) in scopes.iter().zip(locked.iter_mut()) {
             st.sync(&s.limits, now);
-            check(s, st, reserve, day)?;
+            check(s, st, reserve, day, now)?;
         }
         for st in locked.iter_mut() {
             if let Some(b) = st.requests.as_mut() {
@@ -242,8 +271,13 @@ impl Limiter {
 
 /// The checks of B2.3, in order: too large for the minute, the day's quota, requests,
 /// tokens, in-flight.
-fn check(s: &Scope, st: &mut State, reserve: u64, day: i64) -> Result<(), Box<Refusal>> {
-    let now = Instant::now();
+fn check(
+    s: &Scope,
+    st: &mut State,
+    reserve: u64,
+    day: i64,
+    now: Instant,
+) -> Result<(), Box<Refusal>> {
     if let Some(b) = st.tokens.as_mut() {
         if reserve > b.capacity() {
             let e = ApiError::rate_limited(
@@ -252,7 +286,7 @@ fn check(s: &Scope, st: &mut State, reserve: u64, day: i64) -> Result<(), Box<Re
                 format!(
                     "Request too large for {} on tokens per min (TPM): Limit {}, Requested {reserve}. \
                      Lower max_tokens or send less input.",
-                    s.name,
+                    s.name(),
                     b.capacity()
                 ),
                 None,
@@ -274,7 +308,7 @@ fn check(s: &Scope, st: &mut State, reserve: u64, day: i64) -> Result<(), Box<Re
                     format!(
                         "You exceeded the daily token quota of {}: Limit {quota}, Used {used}. \
                          It resets at 00:00 UTC (in {}).",
-                        s.name,
+                        s.name(),
                         go_duration(reset)
                     ),
                     reset,
@@ -292,7 +326,7 @@ fn check(s: &Scope, st: &mut State, reserve: u64, day: i64) -> Result<(), Box<Re
         if st.in_flight >= cap {
             let msg = format!(
                 "Too many concurrent requests for {}: Limit {cap} in flight. Retry when one has finished.",
-                s.name
+                s.name()
             );
             return Err(Box::new(Refusal {
                 reason: "in_flight",
@@ -332,7 +366,7 @@ fn rate_check(
     };
     let msg = format!(
         "Rate limit reached for {} on {what}: Limit {}, Used {}, Requested {n}. Please try again in {}.",
-        s.name,
+        s.name(),
         b.capacity(),
         b.used(now),
         go_duration(wait)

@@ -11,7 +11,7 @@ pub mod limiter;
 pub mod queue;
 
 pub use limiter::{Admitted, Limiter, RateHeaders, Refusal};
-pub use queue::{Entered, Gate, Permit, Refused};
+pub use queue::{Gate, Permit, Refused};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,8 +47,8 @@ impl Gates {
         &self.opts
     }
 
-    /// The `priority` to write into a request of a principal of class index `class`
-    /// (critical, standard, sheddable) for `model`, when its engines schedule by priority.
+    /// The `priority` to write into a request of `class` for `model`, when its engines
+    /// schedule by priority.
     pub fn engine_priority(&self, model: &str, class: crate::auth::Class) -> Option<i64> {
         let m = self.opts.models.get(model)?;
         m.priority_scheduling

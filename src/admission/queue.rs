@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -201,12 +201,6 @@ impl Drop for Permit {
     }
 }
 
-/// A request let in: its place (none when the model has no cap) and how long it waited.
-pub struct Entered {
-    pub permit: Option<Permit>,
-    pub waited: Duration,
-}
-
 /// A waiter's stake: leaves the queue if dropped while waiting; gives the place on if it
 /// was granted one it never took up.
 struct Ticket<'a> {
@@ -298,17 +292,14 @@ impl Gate {
         principal: &str,
         saturated: bool,
         client_gone: impl Future<Output = ()>,
-    ) -> Result<Entered, Refused> {
+    ) -> Result<Option<Permit>, Refused> {
         let c = idx(class);
         let co = &self.opts.classes[c];
         if saturated && co.shed_when_saturated {
             return Err(Refused::Shed);
         }
         let Some(cap) = self.cap else {
-            return Ok(Entered {
-                permit: None,
-                waited: Duration::ZERO,
-            });
+            return Ok(None);
         };
         let t0 = Instant::now();
         let (rx, id) = {
@@ -370,18 +361,16 @@ impl Gate {
         Ok(self.entered(t0, class))
     }
 
-    fn entered(self: &Arc<Self>, t0: Instant, class: Class) -> Entered {
+    /// The place of a request let in (its wait, from `t0`, observed).
+    fn entered(self: &Arc<Self>, t0: Instant, class: Class) -> Option<Permit> {
         let waited = t0.elapsed();
         metrics::ADMISSION_WAIT
             .with_label_values(&[&self.model, class.label()])
             .observe(waited.as_secs_f64());
-        Entered {
-            permit: Some(Permit {
-                gate: self.clone(),
-                critical: class == Class::Critical,
-            }),
-            waited,
-        }
+        Some(Permit {
+            gate: self.clone(),
+            critical: class == Class::Critical,
+        })
     }
 
     /// A place is free (`critical`: of a critical request): to the next waiter whose
@@ -432,7 +421,7 @@ mod tests {
             let e = g.enter(class, principal, false, pending()).await?;
             order.lock().unwrap().push(name);
             // The place is given back as the task ends.
-            assert!(e.permit.is_some());
+            assert!(e.is_some());
             Ok(())
         })
     }
@@ -617,7 +606,6 @@ mod tests {
                 .enter(Class::Sheddable, "a", false, pending())
                 .await
                 .unwrap()
-                .permit
                 .is_none());
         }
     }

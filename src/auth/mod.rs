@@ -84,13 +84,14 @@ impl Denied {
 }
 
 impl Denied {
-    /// A limit of `principal` refused the request (`reason`: `rpm`, `tpm`, `tpd`,
-    /// `in_flight`, `too_large`).
-    pub fn limited(principal: &Principal, reason: &'static str, error: ApiError) -> Self {
+    /// Admission refused the request of `principal` (none with auth off): a limit
+    /// (`rpm`, `tpm`, `tpd`, `in_flight`, `too_large`) or the queue (`queue_full`,
+    /// `queue_timeout`, `shed`).
+    pub fn by_policy(reason: &'static str, principal: Option<&Principal>, error: ApiError) -> Self {
         Denied {
             reason,
             key_fp: None,
-            principal: Some(principal.id.clone()),
+            principal: principal.map(|p| p.id.clone()),
             error,
         }
     }

@@ -51,10 +51,61 @@ struct Counts {
 
 type Key = (String, String, String);
 
+/// Day → principal → model → counts: a record of a known principal and model on the
+/// current day allocates nothing.
+type UsageMap = HashMap<String, HashMap<String, HashMap<String, Counts>>>;
+
 #[derive(Default)]
 struct Pending {
-    usage: HashMap<Key, Counts>,
+    usage: UsageMap,
     denials: HashMap<(Key, &'static str), u64>,
+    /// Days since 1970 and `YYYY-MM-DD` of the last record (formatted once a day).
+    day: (i64, String),
+}
+
+/// Adds `c` for (day, principal, model), allocating keys only when new.
+fn add(usage: &mut UsageMap, day: &str, principal: &str, model: &str, c: Counts) {
+    let by_principal = match usage.get_mut(day) {
+        Some(m) => m,
+        None => usage.entry(day.to_string()).or_default(),
+    };
+    let by_model = match by_principal.get_mut(principal) {
+        Some(m) => m,
+        None => by_principal.entry(principal.to_string()).or_default(),
+    };
+    let e = match by_model.get_mut(model) {
+        Some(e) => e,
+        None => by_model.entry(model.to_string()).or_default(),
+    };
+    e.requests += c.requests;
+    e.prompt += c.prompt;
+    e.completion += c.completion;
+}
+
+impl Pending {
+    /// Today's `YYYY-MM-DD`, formatted again only when the day changes.
+    fn today(&mut self) -> &str {
+        let n = chrono::Utc::now().timestamp().div_euclid(86_400);
+        if n != self.day.0 || self.day.1.is_empty() {
+            self.day = (n, today());
+        }
+        &self.day.1
+    }
+
+    fn add_today(&mut self, principal: &str, model: &str, c: Counts) {
+        self.today();
+        add(&mut self.usage, &self.day.1, principal, model, c);
+    }
+
+    /// Every (day, principal, model, counts).
+    fn usage_rows(&self) -> impl Iterator<Item = (&str, &str, &str, &Counts)> {
+        self.usage.iter().flat_map(|(d, ps)| {
+            ps.iter().flat_map(move |(p, ms)| {
+                ms.iter()
+                    .map(move |(m, c)| (d.as_str(), p.as_str(), m.as_str(), c))
+            })
+        })
+    }
 }
 
 /// One row of `GET /v1/router/usage`.
@@ -159,13 +210,12 @@ impl Ledger {
     pub fn record(&self, principal: &str, model: &str, prompt: u64, completion: u64) {
         {
             let mut p = lock(&self.pending);
-            let c = p
-                .usage
-                .entry((principal.to_string(), model.to_string(), today()))
-                .or_default();
-            c.requests += 1;
-            c.prompt += prompt;
-            c.completion += completion;
+            let c = Counts {
+                requests: 1,
+                prompt,
+                completion,
+            };
+            p.add_today(principal, model, c);
         }
         self.written_through();
     }
@@ -174,7 +224,11 @@ impl Ledger {
     pub fn deny(&self, principal: &str, model: &str, reason: &'static str) {
         {
             let mut p = lock(&self.pending);
-            let key = (principal.to_string(), model.to_string(), today());
+            let key = (
+                principal.to_string(),
+                model.to_string(),
+                p.today().to_string(),
+            );
             *p.denials.entry((key, reason)).or_default() += 1;
         }
         self.written_through();
@@ -198,11 +252,8 @@ impl Ledger {
         let written = self.write(&taken);
         if written.is_err() {
             let mut p = lock(&self.pending);
-            for (k, c) in taken.usage {
-                let e = p.usage.entry(k).or_default();
-                e.requests += c.requests;
-                e.prompt += c.prompt;
-                e.completion += c.completion;
+            for (day, principal, model, c) in taken.usage_rows() {
+                add(&mut p.usage, day, principal, model, *c);
             }
             for (k, n) in taken.denials {
                 *p.denials.entry(k).or_default() += n;
@@ -225,7 +276,7 @@ impl Ledger {
                        completion_tokens = completion_tokens + excluded.completion_tokens",
                 )
                 .map_err(|e| e.to_string())?;
-            for ((principal, model, day), c) in &p.usage {
+            for (day, principal, model, c) in p.usage_rows() {
                 add.execute(params![
                     principal,
                     model,
@@ -288,9 +339,8 @@ impl Ledger {
 
     /// Tokens charged today per principal × model (what the limiter starts from).
     pub fn used_today(&self) -> Result<Vec<(String, String, u64)>, String> {
-        let day = today();
         let q = UsageQuery {
-            from: NaiveDate::parse_from_str(&day, "%Y-%m-%d").ok(),
+            from: Some(chrono::Utc::now().date_naive()),
             ..UsageQuery::default()
         };
         Ok(self

@@ -447,7 +447,7 @@ impl Router {
                 ctx.estimate = est;
                 Ok(())
             }
-            Err(r) => Err(self.deny(session, ctx, Denied::limited(&p, r.reason, r.error))),
+            Err(r) => Err(self.deny(session, ctx, Denied::by_policy(r.reason, Some(&p), r.error))),
         }
     }
 
@@ -488,7 +488,7 @@ impl Router {
         };
         match entered {
             Ok(e) => {
-                ctx._permit = e.permit;
+                ctx._permit = e;
                 Ok(true)
             }
             Err(r) => match admission::refused_error(&model.name, r) {
@@ -497,12 +497,7 @@ impl Router {
                     Ok(false)
                 }
                 Some((reason, error)) => {
-                    let d = Denied {
-                        reason,
-                        key_fp: None,
-                        principal: p.map(|p| p.id.clone()),
-                        error,
-                    };
+                    let d = Denied::by_policy(reason, p.as_deref(), error);
                     Err(self.deny(session, ctx, d))
                 }
             },

@@ -9,7 +9,7 @@ import tempfile
 import openai
 import pytest
 
-from test_openai_sdk import ROOT, ROUTER_BIN, free_port, start_mock, wait_health
+from test_openai_sdk import ROOT, ROUTER_BIN, free_port, start_mock, start_router
 
 MODELS = os.path.join(ROOT, "models")
 
@@ -55,15 +55,9 @@ def router():
                 "  embedding_models:\n"
                 f"    bge-small-en-v1.5: {{model_path: \"{MODELS}/bge-small-en-v1.5\", pooling: cls}}\n"
             )
-        port = free_port()
-        r = subprocess.Popen(
-            [ROUTER_BIN, "--config", cfg, "--listen", f"127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(tmp, "router.log"), "w"),
-        )
+        r, url = start_router(cfg, tmp)
         procs.append(r)
-        wait_health(f"http://127.0.0.1:{port}/health", r)
-        yield f"http://127.0.0.1:{port}/v1", chat_key, emb_key, rpm_key
+        yield f"{url}/v1", chat_key, emb_key, rpm_key
     finally:
         for p in procs:
             p.kill()

@@ -33,6 +33,23 @@ def start_mock(name):
     return p, int(line.rsplit(":", 1)[1])
 
 
+def start_router(cfg, tmp):
+    """The router on `cfg` on a free loopback port, its log in `tmp`; returns the process
+    and its base URL once `/health` answers."""
+    port = free_port()
+    r = subprocess.Popen(
+        [ROUTER_BIN, "--config", cfg, "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(tmp, "router.log"), "w"),
+    )
+    try:
+        wait_health(f"http://127.0.0.1:{port}/health", r)
+    except BaseException:
+        r.kill()
+        raise
+    return r, f"http://127.0.0.1:{port}"
+
+
 def wait_health(url, proc, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -66,15 +83,9 @@ def router():
                 "    model_config:\n"
                 "      model_tag: org/Chat-Model\n"
             )
-        port = free_port()
-        r = subprocess.Popen(
-            [ROUTER_BIN, "--config", cfg, "--listen", f"127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(tmp, "router.log"), "w"),
-        )
+        r, url = start_router(cfg, tmp)
         procs.append(r)
-        wait_health(f"http://127.0.0.1:{port}/health", r)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"{url}/v1"
     finally:
         # SIGKILL: a SIGTERM'd router drains for Pingora's grace period (tested elsewhere).
         for p in procs:
