@@ -231,8 +231,10 @@ impl Drop for Ticket<'_> {
 impl Gate {
     /// `cap`: the model's `max_in_flight` (`None`: unlimited, nothing waits).
     pub fn new(model: &str, cap: Option<usize>, opts: Arc<QueueOptions>) -> Arc<Gate> {
+        // Rounded down: a small cap (the default over-subscribes the engines by a
+        // quarter) keeps all of its places for everyone.
         let reserve = cap.map_or(0, |c| {
-            ((c as f64 * opts.critical_reserve).ceil() as usize).min(c.saturating_sub(1))
+            ((c as f64 * opts.critical_reserve).floor() as usize).min(c.saturating_sub(1))
         });
         Arc::new(Gate {
             model: model.to_string(),

@@ -49,7 +49,7 @@ pub struct QueueOptions {
     /// Requests waiting per model at most (`admission.queue.max_waiting`); then 503.
     pub max_waiting: usize,
     pub saturation: Saturation,
-    /// Share of each model's cap that only `critical` requests may use (rounded up,
+    /// Share of each model's cap that only `critical` requests may use (rounded down,
     /// always leaving one place to the others), so that a critical request finds a place
     /// at once even while every other place is taken. Default 0.1.
     pub critical_reserve: f64,

@@ -74,6 +74,10 @@ class Env:
       num_gpu_blocks_override: 8
 router:
   listen: "127.0.0.1:{self.port}"
+# Every request goes to the engines, so that their own queues fill (the router's
+# admission queue would otherwise hold the excess over 1.25 x max_num_seqs).
+admission:
+  models: {{tiny: {{max_in_flight: 64}}}}
 balancer:
   poll_interval_s: 0.25
   cooldown_s: 2
