@@ -2,8 +2,9 @@
 //!
 //! 1. **Cost of auth and limits**: the same mock engine through a router with auth off
 //!    and one with a key that has limits (rpm, tpm, in-flight, quota: every check runs,
-//!    none refuses) and the usage ledger, phases interleaved (off, on, off, on) so that
-//!    machine noise hits both arms: c=64 throughput and c=1 latency.
+//!    none refuses) and the usage ledger, and a control router identical to the one with
+//!    auth off (its ratio to it is the noise floor), phases interleaved round by round so
+//!    that machine noise hits every arm: c=64 throughput and router CPU, c=1 latency.
 //! 2. **Fairness**: an engine that runs at most 16 requests at once (the rest wait first
 //!    come, first served, as vLLM's scheduler does beyond `max_num_seqs`); a sheddable
 //!    flood (64 clients back to back) and one critical client (one streamed request at a
@@ -26,11 +27,11 @@ use llm_router::auth::token;
 use mock_vllm::MockVllm;
 
 const PHASE: Duration = Duration::from_secs(2);
-/// Rounds of the cost comparison; the order of the two arms alternates every round, and
-/// the table shows the median of the per-round ratios (this machine's noise between
-/// rounds is far larger than the difference measured).
-const ROUNDS: usize = 8;
-
+/// Rounds of the cost comparison. Every round measures each arm once, in a rotated order,
+/// and the table shows the median of the per-round ratios: this machine's noise between
+/// rounds (steal time of a shared VM) is larger than the difference measured, which is
+/// why a control arm identical to the baseline is measured too (its ratio is the noise).
+const ROUNDS: usize = 10;
 fn body(stream: bool) -> String {
     format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello there\"}}],\"stream\":{stream},\"max_tokens\":16}}")
 }
@@ -79,6 +80,38 @@ async fn closed_loop(url: &str, key: Option<&str>, conc: usize) -> (f64, Vec<Dur
     .await
 }
 
+/// One arm's figures, one entry per round.
+#[derive(Default)]
+struct Samples {
+    rps: Vec<f64>,
+    /// Router CPU (user + system) per request at c=64, µs.
+    cpu: Vec<f64>,
+    p50: Vec<f64>,
+}
+
+impl Samples {
+    /// One round: c=64 throughput and CPU, then c=1 latency.
+    async fn measure(&mut self, r: &BenchRouter, key: Option<&str>) {
+        let url = r.url("/v1/chat/completions");
+        let c0 = r.cpu_secs();
+        let (x, lat) = closed_loop(&url, key, 64).await;
+        self.cpu.push((r.cpu_secs() - c0) * 1e6 / lat.len() as f64);
+        self.rps.push(x);
+        let (_, lat1) = closed_loop(&url, key, 1).await;
+        self.p50.push(ms(pct(&lat1, 0.5)));
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median over rounds of `f(baseline, arm)`.
+fn per_round(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect())
+}
+
 async fn cost_of_auth() {
     let engine = MockVllm::start("m").await;
     let key = token::new_key().unwrap();
@@ -87,51 +120,60 @@ async fn cost_of_auth() {
         token::hex(&token::digest(&key))
     );
     let off = router(engine.port(), None, "").await;
+    let control = router(engine.port(), None, "").await;
     let on = router(engine.port(), Some(&keys), "").await;
-    let url = |r: &BenchRouter| r.url("/v1/chat/completions");
-    let arms = [(&off.0, None), (&on.0, Some(key.as_str()))];
-    let (mut rps, mut cpu, mut p50) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
+    let arms = [
+        (&off.0, None),
+        (&control.0, None),
+        (&on.0, Some(key.as_str())),
+    ];
+    // Warm-up: connection pools, the engine's and the routers' first allocations.
+    for (r, key) in arms {
+        closed_loop(&r.url("/v1/chat/completions"), key, 64).await;
+    }
+    let mut s: [Samples; 3] = Default::default();
     for round in 0..ROUNDS {
-        for k in 0..2 {
-            let i = (round + k) % 2;
-            let (r, key) = arms[i];
-            let c0 = r.cpu_secs();
-            let (x, lat) = closed_loop(&url(r), key, 64).await;
-            cpu[i].push((r.cpu_secs() - c0) * 1e6 / lat.len() as f64);
-            rps[i].push(x);
-            let (_, lat1) = closed_loop(&url(r), key, 1).await;
-            p50[i].push(ms(pct(&lat1, 0.5)));
+        for k in 0..arms.len() {
+            let i = (round + k) % arms.len();
+            s[i].measure(arms[i].0, arms[i].1).await;
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let ratio = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| y / x).collect());
-    let diff = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| y - x).collect());
-    println!("\n### Auth + limits on vs off (same engine, {ROUNDS} interleaved rounds of {PHASE:?}; medians)\n");
-    println!("| metric | auth off | auth + limits + ledger | on / off (median of rounds) |");
-    println!("|---|---|---|---|");
-    println!(
-        "| c=64 requests/s | {:.0} | {:.0} | {:.3}x |",
-        median(rps[0].clone()),
-        median(rps[1].clone()),
-        ratio(&rps[0], &rps[1])
-    );
-    println!(
-        "| router CPU per request (c=64) | {:.1} µs | {:.1} µs | {:.3}x |",
-        median(cpu[0].clone()),
-        median(cpu[1].clone()),
-        ratio(&cpu[0], &cpu[1])
-    );
-    println!(
-        "| c=1 p50 | {:.3} ms | {:.3} ms | {:+.3} ms |",
-        median(p50[0].clone()),
-        median(p50[1].clone()),
-        diff(&p50[0], &p50[1])
-    );
+    print_cost(&s);
     drop_router(off);
+    drop_router(control);
     drop_router(on);
+}
+
+fn print_cost([off, control, on]: &[Samples; 3]) {
+    println!("\n### Auth + limits on vs off (same engine, {ROUNDS} interleaved rounds of {PHASE:?}; medians)\n");
+    println!("| metric | auth off | auth off again (control) | auth + limits + ledger | control / off | on / off |");
+    println!("|---|---|---|---|---|---|");
+    let ratio = |a: &[f64], b: &[f64]| per_round(a, b, |x, y| y / x);
+    let diff = |a: &[f64], b: &[f64]| per_round(a, b, |x, y| y - x);
+    println!(
+        "| c=64 requests/s | {:.0} | {:.0} | {:.0} | {:.3}x | {:.3}x |",
+        median(off.rps.clone()),
+        median(control.rps.clone()),
+        median(on.rps.clone()),
+        ratio(&off.rps, &control.rps),
+        ratio(&off.rps, &on.rps)
+    );
+    println!(
+        "| router CPU per request (c=64) | {:.1} µs | {:.1} µs | {:.1} µs | {:.3}x | {:.3}x |",
+        median(off.cpu.clone()),
+        median(control.cpu.clone()),
+        median(on.cpu.clone()),
+        ratio(&off.cpu, &control.cpu),
+        ratio(&off.cpu, &on.cpu)
+    );
+    println!(
+        "| c=1 p50 | {:.3} ms | {:.3} ms | {:.3} ms | {:+.3} ms | {:+.3} ms |",
+        median(off.p50.clone()),
+        median(control.p50.clone()),
+        median(on.p50.clone()),
+        diff(&off.p50, &control.p50),
+        diff(&off.p50, &on.p50)
+    );
 }
 
 /// One streamed request: time to its first data event.

@@ -181,10 +181,8 @@ async fn a_place_in_flight_is_held_until_the_stream_ends() {
     assert_eq!(v["error"]["type"], "requests");
     assert_eq!(header(&h, "retry-after"), "1");
     finish(resp).await;
-    wait_for("the place back", Duration::from_secs(5), async || {
-        post(&s.r, &team, chat(json!({}))).await.0 == 200
-    })
-    .await;
+    // Given back before the stream's last bytes reached us: free for the next request.
+    assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,21 +223,13 @@ async fn tokens_per_minute_reserves_then_settles_with_the_engines_usage() {
     assert!(header(&h, "retry-after-ms").parse::<u64>().unwrap() > 0);
     finish(a).await;
     finish(b).await;
-    // Settled at what the engine reported (3 + 6 tokens each): the room is back at once,
-    // not after the 500 reserved tokens refilled (50 s).
-    wait_for(
-        "the settled reservation",
-        Duration::from_secs(5),
-        async || {
-            let (st, h, _) = post(&s.r, &team, chat(json!({"max_tokens": 5}))).await;
-            st == 200
-                && header(&h, "x-ratelimit-remaining-tokens")
-                    .parse::<u64>()
-                    .unwrap()
-                    > 500
-        },
-    )
-    .await;
+    // Settled at what the engine reported (3 + 6 tokens each) before the streams' last
+    // bytes reached us: the room is back at once, not after the 500 reserved tokens
+    // refilled (50 s).
+    let (st, h, v) = post(&s.r, &team, chat(json!({"max_tokens": 5}))).await;
+    assert_eq!(st, 200, "{v}");
+    let remaining: u64 = header(&h, "x-ratelimit-remaining-tokens").parse().unwrap();
+    assert!(remaining > 500, "{remaining}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,8 +283,9 @@ async fn the_daily_quota_is_charged_from_usage_streams_included_and_kept_over_a_
         ev[ev.len() - 2].contains("\"completion_tokens\":5"),
         "{ev:?}"
     );
-    // 24 used >= 20: refused, and waiting seconds will not help.
-    settled(&s.r, &ops, 3).await;
+    // 24 used >= 20: refused, and waiting seconds will not help. Each answer was settled
+    // before its last byte reached the client, so the next request (a new connection)
+    // already sees the charge.
     let (st, h, v) = post(&s.r, &team, chat(json!({}))).await;
     assert_eq!(st, 429, "{v}");
     assert_eq!(v["error"]["code"], "insufficient_quota");
@@ -308,9 +299,10 @@ async fn the_daily_quota_is_charged_from_usage_streams_included_and_kept_over_a_
         post(&s.r, &team, chat(json!({}))).await.0 == 200
     })
     .await;
-    settled(&s.r, &ops, 4).await;
     assert_eq!(post(&s.r, &team, chat(json!({}))).await.0, 429);
-    // Per-principal series: 4 answers of 5 completion tokens (refusals are not answers).
+    // Per-principal series: 4 answers of 5 completion tokens (refusals are not answers),
+    // counted in the logging phase, i.e. just after the answer's end.
+    settled(&s.r, &ops, 4).await;
     let page = reqwest::Client::new()
         .get(s.r.url("/metrics"))
         .bearer_auth(&ops)
@@ -335,6 +327,19 @@ async fn the_daily_quota_is_charged_from_usage_streams_included_and_kept_over_a_
     assert!(
         page.contains("llm_router_denied_total{reason=\"tpd\"}"),
         "{page}"
+    );
+    // The access log says who asked, in which class, what was reserved and whether the
+    // charge is the engine's count.
+    let log = s.r.access_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("status=200") && l.contains("principal=team"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("class=standard")
+            && line.contains("reserved_tokens=")
+            && line.contains("usage_estimated=false"),
+        "{line}"
     );
 }
 
@@ -539,6 +544,13 @@ async fn a_critical_request_takes_the_next_place_before_a_queued_flood() {
         assert_eq!(f.await.unwrap(), 200);
     }
     assert_eq!(metric(&r, &ops, depth).await, 0.0);
+    // The access log has the critical request's time in the queue.
+    wait_for("the queued line", Duration::from_secs(5), async || {
+        r.access_log().lines().any(|l| {
+            l.contains("principal=ops") && l.contains("class=critical") && l.contains("queued_ms=")
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Limits, Principal};
-use crate::config::{Accounting, TokenOptions};
+use crate::config::{Accounting, OnMissingUsage, TokenOptions};
 use crate::http::ApiError;
 
 use super::bucket::{go_duration, Bucket, DayCount};
@@ -82,15 +82,50 @@ pub type RateHeaders = Vec<(&'static str, String)>;
 /// [`Admitted::settle`] (or drop, which settles at the reservation).
 pub struct Admitted {
     scopes: Vec<Shared>,
+    estimate: Estimate,
     reserved: u64,
+    on_missing: OnMissingUsage,
     settled: bool,
     /// The `x-ratelimit-*` headers after this admission.
     pub headers: RateHeaders,
 }
 
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted")
+            .field("estimate", &self.estimate)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request was charged when it was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charged {
+    pub used: u64,
+    /// The engine reported no usage: `used` follows `admission.tokens.on_missing_usage`.
+    pub estimated: bool,
+    /// Tokens reserved at admission.
+    pub reserved: u64,
+}
+
 impl Admitted {
     pub fn reserved(&self) -> u64 {
         self.reserved
+    }
+
+    /// Settles with the answer's `usage` (total tokens as the engine reported them,
+    /// `None` when it did not): see [`super::charge`] for the rule.
+    pub fn charge(self, usage: Option<u64>, events: u64, answered: bool) -> Charged {
+        let (used, estimated) =
+            super::charge(self.on_missing, &self.estimate, usage, events, answered);
+        let reserved = self.reserved;
+        self.settle(used);
+        Charged {
+            used,
+            estimated,
+            reserved,
+        }
     }
 
     /// Charges `used` tokens instead of the reservation: the difference goes back to
@@ -236,7 +271,9 @@ impl Limiter {
         drop(locked);
         Ok(Admitted {
             scopes: scopes.into_iter().map(|s| s.state).collect(),
+            estimate: *est,
             reserved: reserve,
+            on_missing: self.opts.on_missing_usage,
             settled: false,
             headers,
         })

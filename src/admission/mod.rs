@@ -10,7 +10,7 @@ pub mod bucket;
 pub mod limiter;
 pub mod queue;
 
-pub use limiter::{Admitted, Limiter, RateHeaders, Refusal};
+pub use limiter::{Admitted, Charged, Limiter, RateHeaders, Refusal};
 pub use queue::{Gate, Permit, Refused};
 
 use std::collections::HashMap;
@@ -179,7 +179,7 @@ pub fn estimate(
 /// (`None` when it did not: a client that left, an engine cut, an old engine); `events`:
 /// the stream's data events relayed; `answered`: an engine answered at all.
 pub fn charge(
-    opts: &TokenOptions,
+    on_missing: OnMissingUsage,
     est: &Estimate,
     usage: Option<u64>,
     events: u64,
@@ -189,7 +189,7 @@ pub fn charge(
         Some(u) => (u, false),
         // Nothing reached an engine (no instance, refused before forwarding): free.
         None if !answered => (0, false),
-        None => match opts.on_missing_usage {
+        None => match on_missing {
             OnMissingUsage::Chunks => (est.prompt.saturating_add(events), true),
             OnMissingUsage::Reservation => (est.total(), true),
         },

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -193,6 +193,14 @@ pub struct Gate {
 pub struct Permit {
     gate: Arc<Gate>,
     critical: bool,
+    waited: Option<Duration>,
+}
+
+impl Permit {
+    /// How long the request waited in the queue (`None`: let in at once).
+    pub fn waited(&self) -> Option<Duration> {
+        self.waited
+    }
 }
 
 impl Drop for Permit {
@@ -314,7 +322,7 @@ impl Gate {
             };
             if free {
                 g.take(c);
-                return Ok(self.entered(t0, class));
+                return Ok(self.entered(None, class));
             }
             if g.waiting() >= self.opts.max_waiting {
                 return Err(Refused::Full {
@@ -360,18 +368,18 @@ impl Gate {
             });
         }
         ticket.rx = None;
-        Ok(self.entered(t0, class))
+        Ok(self.entered(Some(t0.elapsed()), class))
     }
 
-    /// The place of a request let in (its wait, from `t0`, observed).
-    fn entered(self: &Arc<Self>, t0: Instant, class: Class) -> Option<Permit> {
-        let waited = t0.elapsed();
+    /// The place of a request let in (its wait observed; `None`: none).
+    fn entered(self: &Arc<Self>, waited: Option<Duration>, class: Class) -> Option<Permit> {
         metrics::ADMISSION_WAIT
             .with_label_values(&[&self.model, class.label()])
-            .observe(waited.as_secs_f64());
+            .observe(waited.unwrap_or_default().as_secs_f64());
         Some(Permit {
             gate: self.clone(),
             critical: class == Class::Critical,
+            waited,
         })
     }
 

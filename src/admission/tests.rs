@@ -223,7 +223,13 @@ fn the_estimate_reserves_max_tokens_per_choice_and_caps_it() {
     // Charged: usage when reported; else the prompt and one token per event; nothing
     // when no engine answered.
     let e = est(40, 100);
-    assert_eq!(charge(&opts, &e, Some(7), 3, true), (7, false));
-    assert_eq!(charge(&opts, &e, None, 3, true), (43, true));
-    assert_eq!(charge(&opts, &e, None, 3, false), (0, false));
+    assert_eq!(
+        charge(opts.on_missing_usage, &e, Some(7), 3, true),
+        (7, false)
+    );
+    assert_eq!(charge(opts.on_missing_usage, &e, None, 3, true), (43, true));
+    assert_eq!(
+        charge(opts.on_missing_usage, &e, None, 3, false),
+        (0, false)
+    );
 }

@@ -151,14 +151,22 @@ pub struct Principal {
     /// [`Self::limits`].
     pub model_limits: HashMap<String, Limits>,
     pub enabled: bool,
-    /// Its prefix-cache salt ([`super::cache_salt`]), computed once.
+    /// Its prefix-cache salt ([`super::cache_salt`]) as a JSON string, computed once.
     pub(super) salt: String,
+    /// Per configured model: whether [`Self::models`] allows it (resolved at load, so the
+    /// request path does no glob matching).
+    allowed: HashMap<String, bool>,
+    /// Its Prometheus series.
+    pub series: crate::telemetry::metrics::PrincipalSeries,
 }
 
 impl Principal {
     /// Whether the principal may use the configured model `name`.
     pub fn may_use(&self, name: &str) -> bool {
-        self.models.is_match(name)
+        self.allowed
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| self.models.is_match(name))
     }
 
     /// Whether the principal may call endpoint `name` (one of [`ENDPOINTS`]).
@@ -290,8 +298,13 @@ impl Builder<'_> {
             }
             model_limits.insert(name, l);
         }
+        let allowed = (self.models.iter())
+            .map(|m| (m.to_string(), models.is_match(m)))
+            .collect();
         let principal = Arc::new(Principal {
             salt: super::salt_of(&p.id),
+            series: crate::telemetry::metrics::PrincipalSeries::new(&p.id),
+            allowed,
             id: p.id,
             team: p.team,
             class: p.class.or(defaults.class).unwrap_or_default(),

@@ -303,11 +303,19 @@ pub fn is_private_header(name: &str) -> bool {
 /// be secret: clients cannot set it (the router overwrites theirs), so knowing another
 /// team's salt gives nothing.
 pub fn cache_salt(principal: &Principal) -> &str {
+    let s = cache_salt_json(principal);
+    &s[1..s.len() - 1]
+}
+
+/// [`cache_salt`] as a JSON string (quoted), ready to splice into a body.
+pub fn cache_salt_json(principal: &Principal) -> &str {
     &principal.salt
 }
 
+/// The quoted salt of principal `id` (hex digits: nothing to escape).
 fn salt_of(id: &str) -> String {
-    token::hex(&token::digest(&format!("llm-router cache salt\0{id}"))[..16])
+    let hex = token::hex(&token::digest(&format!("llm-router cache salt\0{id}"))[..16]);
+    format!("\"{hex}\"")
 }
 
 #[cfg(test)]

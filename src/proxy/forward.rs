@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 
 use super::usage::{SseUsage, Usage};
 use super::usage_event::UsageEventFilter;
+use crate::admission::{Admitted, Charged};
 use crate::auth;
 use crate::balance::{InFlightGuard, Instance, Model};
 use crate::config::RouterOptions;
@@ -48,7 +49,7 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// How a forwarded request ended, for the access log and the tests' counters.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Outcome {
     pub instance: Option<String>,
     pub status: Option<u16>,
@@ -66,6 +67,27 @@ pub struct Outcome {
     pub usage: Usage,
     /// Data events of a streamed answer relayed so far (also when it ended early).
     pub events: u64,
+    /// The request's limits (auth on), settled as soon as the engine's answer has ended,
+    /// before its last bytes go to the client: a client's next request, on any
+    /// connection, already sees this one's charge. Still here when no answer ended (the
+    /// caller settles it then).
+    pub admitted: Option<Admitted>,
+    pub charged: Option<Charged>,
+}
+
+impl Outcome {
+    /// Settles [`Self::admitted`] (if not yet) with what is known now; `answered`: an
+    /// engine answered at all.
+    pub fn settle(&mut self, answered: bool) {
+        let Some(a) = self.admitted.take() else {
+            return;
+        };
+        let reported = match (self.usage.prompt_tokens, self.usage.completion_tokens) {
+            (None, None) => None,
+            (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
+        };
+        self.charged = Some(a.charge(reported, self.events, answered));
+    }
 }
 
 /// How one request is to be forwarded, beyond its body.
@@ -325,10 +347,12 @@ impl Forwarder {
         if !ended {
             return Ok(());
         }
+        // A header-only answer: nothing was written after the header.
+        watch.end(out);
         if out.status.is_some_and(|s| s < 500) {
             inst.record_success();
         }
-        watch.finish(&inst.model, &mut out.usage);
+        count_tokens(&inst.model, &out.usage);
         self.connector
             .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))
             .await;
@@ -375,6 +399,9 @@ async fn relay_body(
                 if data.is_empty() && !last {
                     continue;
                 }
+                if last {
+                    watch.end(out);
+                }
                 let data = (!data.is_empty()).then_some(data);
                 if session.write_response_body(data, last).await.is_err() {
                     out.client_gone = true;
@@ -395,6 +422,7 @@ async fn relay_body(
     }
     if !ended {
         let rest = watch.pass(Bytes::new(), true);
+        watch.end(out);
         let rest = (!rest.is_empty()).then_some(rest);
         if session.write_response_body(rest, true).await.is_err() {
             out.client_gone = true;
@@ -441,6 +469,9 @@ struct BodyWatch {
     json_body: Option<BytesMut>,
     /// The usage event the router asked for, taken out of the stream.
     strip: Option<UsageEventFilter>,
+    /// [`Self::end`] ran; `events`: the stream's data events then.
+    ended: bool,
+    events: u64,
 }
 
 impl BodyWatch {
@@ -464,6 +495,8 @@ impl BodyWatch {
             sse_usage: is_sse.then(SseUsage::default),
             json_body: content_type("application/json").then(BytesMut::new),
             strip: (is_sse && strip).then(UsageEventFilter::default),
+            ended: false,
+            events: 0,
         }
     }
 
@@ -487,7 +520,7 @@ impl BodyWatch {
     }
 
     fn events(&self) -> u64 {
-        self.sse_usage.as_ref().map_or(0, |u| u.events)
+        self.sse_usage.as_ref().map_or(self.events, |u| u.events)
     }
 
     fn is_sse(&self) -> bool {
@@ -513,24 +546,35 @@ impl BodyWatch {
         }
     }
 
-    /// At the end of a whole answer: its `usage` into `usage`, and counted per model.
-    fn finish(self, model: &str, usage: &mut Usage) {
-        if let Some(buf) = self.json_body {
-            usage.take_json(&buf);
+    /// The whole answer has arrived (its last bytes not yet sent on): its `usage` into
+    /// `out`, and the request settled. Once per answer.
+    fn end(&mut self, out: &mut Outcome) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
         }
-        if let Some(mut u) = self.sse_usage {
+        if let Some(buf) = self.json_body.take() {
+            out.usage.take_json(&buf);
+        }
+        if let Some(mut u) = self.sse_usage.take() {
             u.finish();
-            *usage = u.usage;
+            out.usage = u.usage;
+            self.events = u.events;
         }
-        for (kind, n) in [
-            ("prompt", usage.prompt_tokens),
-            ("completion", usage.completion_tokens),
-        ] {
-            if let Some(n) = n {
-                metrics::TOKENS
-                    .with_label_values(&[model, kind])
-                    .inc_by(n as f64);
-            }
+        out.events = self.events();
+        out.settle(true);
+    }
+}
+
+/// Tokens of a whole answer, counted per model.
+fn count_tokens(model: &str, usage: &Usage) {
+    for (kind, n) in [
+        ("prompt", usage.prompt_tokens),
+        ("completion", usage.completion_tokens),
+    ] {
+        if let Some(n) = n {
+            metrics::TOKENS
+                .with_label_values(&[model, kind])
+                .inc_by(n as f64);
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod usage;
 pub mod usage_event;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,7 +27,7 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::admin::{self, Introspect};
-use crate::admission::{self, Admitted, Estimate, Gates, Limiter, Permit, RateHeaders};
+use crate::admission::{self, Gates, Limiter, Permit, RateHeaders};
 use crate::auth::Class;
 use crate::auth::{Auth, Denied, Principal};
 use crate::balance::{Model, Registry};
@@ -100,9 +100,8 @@ pub struct RequestCtx {
     principal: Option<Arc<Principal>>,
     /// `x-ratelimit-*` of the principal, sent with every answer.
     rate_headers: RateHeaders,
-    /// The request's places and token reservation, settled in `logging()`.
-    admitted: Option<Admitted>,
-    estimate: Estimate,
+    /// Time spent in the admission queue, when the request waited.
+    queued: Option<Duration>,
     /// The request's place at its model's engines (admission queue), until the end.
     _permit: Option<Permit>,
 }
@@ -443,8 +442,7 @@ impl Router {
                 if self.rate_headers {
                     ctx.rate_headers = std::mem::take(&mut a.headers);
                 }
-                ctx.admitted = Some(a);
-                ctx.estimate = est;
+                ctx.outcome.admitted = Some(a);
                 Ok(())
             }
             Err(r) => Err(self.deny(session, ctx, Denied::by_policy(r.reason, Some(&p), r.error))),
@@ -488,6 +486,7 @@ impl Router {
         };
         match entered {
             Ok(e) => {
+                ctx.queued = e.as_ref().and_then(Permit::waited);
                 ctx._permit = e;
                 Ok(true)
             }
@@ -504,39 +503,26 @@ impl Router {
         }
     }
 
-    /// At the end of a request: its tokens charged (the engine's usage, else the
-    /// estimate's rule), its places given back, and the principal's counters.
+    /// At the end of a request: its tokens charged if the relay did not already (the
+    /// engine's usage, else the estimate's rule), and the principal's counters.
     fn settle(&self, ctx: &mut RequestCtx, status: u16) {
         let Some(p) = ctx.principal.as_deref() else {
             return;
         };
+        let answered = ctx.outcome.status.is_some();
+        ctx.outcome.settle(answered);
         let u = ctx.outcome.usage;
-        let reported = match (u.prompt_tokens, u.completion_tokens) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-        };
-        if let Some(a) = ctx.admitted.take() {
-            let answered = ctx.outcome.status.is_some();
-            let (used, _estimated) = admission::charge(
-                self.limiter.options(),
-                &ctx.estimate,
-                reported,
-                ctx.outcome.events,
-                answered,
-            );
-            a.settle(used);
-            if let (Some(l), Some(model)) = (self.sources.ledger.as_deref(), ctx.model.as_deref()) {
-                // The charge: as reported, or (estimated) all counted as prompt.
-                let completion = u.completion_tokens.unwrap_or(0).min(used);
-                l.record(&p.id, model, used - completion, completion);
-            }
+        if let (Some(c), Some(l), Some(model)) = (
+            ctx.outcome.charged,
+            self.sources.ledger.as_deref(),
+            ctx.model.as_deref(),
+        ) {
+            // The charge: as reported, or (estimated) all counted as prompt.
+            let completion = u.completion_tokens.unwrap_or(0).min(c.used);
+            l.record(&p.id, model, c.used - completion, completion);
         }
-        metrics::principal_request(
-            &p.id,
-            metrics::status_class(status),
-            u.prompt_tokens,
-            u.completion_tokens,
-        );
+        p.series
+            .request(status, u.prompt_tokens, u.completion_tokens);
     }
 
     /// The client's `x-request-id` when it is a sane token, else a new one; set on the
@@ -779,6 +765,12 @@ impl ProxyHttp for Router {
                     duration_ms = elapsed.as_secs_f64() * 1000.0, error = %e.message, "request failed");
             }
         }
+        if !self.access_log.enabled() {
+            return;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let charged = ctx.outcome.charged;
+        let principal = ctx.principal.as_deref();
         let record = AccessRecord {
             time: now_rfc3339(),
             request_id: &ctx.request_id,
@@ -791,10 +783,15 @@ impl ProxyHttp for Router {
             model: ctx.model.as_deref(),
             instance: ctx.outcome.instance.as_deref(),
             status,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            ttfb_ms: ctx.outcome.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+            duration_ms: ms(elapsed),
+            ttfb_ms: ctx.outcome.ttfb.map(ms),
             prompt_tokens: ctx.outcome.usage.prompt_tokens,
             completion_tokens: ctx.outcome.usage.completion_tokens,
+            principal: principal.map(|p| p.id.as_str()),
+            class: principal.map(|p| p.class.label()),
+            queued_ms: ctx.queued.map(ms),
+            reserved_tokens: charged.map(|c| c.reserved),
+            usage_estimated: charged.map(|c| c.estimated),
             failovers: &ctx.outcome.failovers,
             error: ctx
                 .error

@@ -34,14 +34,14 @@ pub fn edits(
     }
     let salt = principal
         .filter(|_| generation && policy.cache_salt == CacheSalt::PerPrincipal)
-        .map(|p| format!("\"{}\"", auth::cache_salt(p)));
+        .map(auth::cache_salt_json);
     let mut out: Vec<Edit> = model_edit(info, served_name).into_iter().collect();
     let (mut salted, mut prioritised) = (false, false);
     for (field, span) in &info.guarded {
         let text = match (field, &salt, engine_priority) {
             (GuardedField::CacheSalt, Some(s), _) => {
                 salted = true;
-                s.clone()
+                s.to_string()
             }
             (GuardedField::Priority, _, Some(p)) => {
                 prioritised = true;

@@ -32,6 +32,15 @@ pub struct AccessRecord<'a> {
     pub ttfb_ms: Option<f64>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Who asked (auth on) and the admission class of the request.
+    pub principal: Option<&'a str>,
+    pub class: Option<&'a str>,
+    /// Time spent in the model's admission queue, when it waited.
+    pub queued_ms: Option<f64>,
+    /// Tokens reserved at admission, and whether the charge was estimated (the engine
+    /// reported no usage).
+    pub reserved_tokens: Option<u64>,
+    pub usage_estimated: Option<bool>,
     /// `instance: reason` of each abandoned attempt.
     pub failovers: &'a [String],
     pub error: Option<&'a str>,
@@ -106,6 +115,21 @@ impl AccessRecord<'_> {
                 if let Some(t) = self.completion_tokens {
                     add("completion_tokens", t.to_string());
                 }
+                if let Some(p) = self.principal {
+                    add("principal", logfmt_value(p));
+                }
+                if let Some(c) = self.class {
+                    add("class", c.to_string());
+                }
+                if let Some(t) = self.queued_ms {
+                    add("queued_ms", format!("{t:.3}"));
+                }
+                if let Some(t) = self.reserved_tokens {
+                    add("reserved_tokens", t.to_string());
+                }
+                if let Some(e) = self.usage_estimated {
+                    add("usage_estimated", e.to_string());
+                }
                 if !self.failovers.is_empty() {
                     add("failovers", logfmt_value(&self.failovers.join("; ")));
                 }
@@ -154,6 +178,11 @@ impl AccessLog {
                 .map_err(|e| format!("router.access_log_file {}: {e}", p.display())),
             _ => Ok(()),
         }
+    }
+
+    /// Whether lines are written at all (else a request builds no record).
+    pub fn enabled(&self) -> bool {
+        self.format != AccessLogFormat::Off
     }
 
     /// Queues the record's line; never blocks.
@@ -279,6 +308,11 @@ mod tests {
             ttfb_ms: Some(0.5),
             prompt_tokens: Some(3),
             completion_tokens: Some(7),
+            principal: Some("team-a"),
+            class: Some("critical"),
+            queued_ms: Some(12.5),
+            reserved_tokens: Some(40),
+            usage_estimated: Some(false),
             failovers: &f,
             error: None,
         };
@@ -290,9 +324,19 @@ mod tests {
             "{l}"
         );
         assert!(l.contains("failovers=\"a: connect refused\""), "{l}");
+        assert!(
+            l.contains("principal=team-a")
+                && l.contains("class=critical")
+                && l.contains("queued_ms=12.500")
+                && l.contains("reserved_tokens=40")
+                && l.contains("usage_estimated=false"),
+            "{l}"
+        );
         let j: serde_json::Value =
             serde_json::from_str(&r.line(AccessLogFormat::Json).unwrap()).unwrap();
         assert_eq!(j["instance"], "i1");
+        assert_eq!(j["principal"], "team-a");
+        assert_eq!(j["reserved_tokens"], 40);
         assert!(r.line(AccessLogFormat::Off).is_none());
         let t = now_rfc3339();
         assert_eq!(t.len(), 24, "{t}");

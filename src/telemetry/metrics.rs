@@ -171,18 +171,43 @@ pub static PRINCIPAL_TOKENS: LazyLock<prometheus::IntCounterVec> = LazyLock::new
 });
 
 /// One finished request of principal `id` (bounded by the keys file) and its tokens.
-pub fn principal_request(
-    id: &str,
-    status_class: &str,
-    prompt: Option<u64>,
-    completion: Option<u64>,
-) {
-    PRINCIPAL_REQUESTS
-        .with_label_values(&[id, status_class])
-        .inc();
-    for (kind, n) in [("prompt", prompt), ("completion", completion)] {
-        if let Some(n) = n.filter(|n| *n > 0) {
-            PRINCIPAL_TOKENS.with_label_values(&[id, kind]).inc_by(n);
+/// One principal's series, each resolved on first use: the request path then does no
+/// label lookup (a principal is known from the keys file, so the series are bounded).
+#[derive(Debug, Default)]
+pub struct PrincipalSeries {
+    id: String,
+    /// By [`status_class`]'s index.
+    requests: [std::sync::OnceLock<prometheus::IntCounter>; STATUS_CLASSES.len()],
+    /// Prompt, completion.
+    tokens: [std::sync::OnceLock<prometheus::IntCounter>; 2],
+}
+
+impl PrincipalSeries {
+    pub fn new(id: &str) -> Self {
+        PrincipalSeries {
+            id: id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// One request of the principal ended with `status`, having used these tokens (as
+    /// the engine reported them).
+    pub fn request(&self, status: u16, prompt: Option<u64>, completion: Option<u64>) {
+        let class = status_index(status);
+        self.requests[class]
+            .get_or_init(|| {
+                PRINCIPAL_REQUESTS.with_label_values(&[self.id.as_str(), STATUS_CLASSES[class]])
+            })
+            .inc();
+        for (i, (kind, n)) in [("prompt", prompt), ("completion", completion)]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(n) = n.filter(|n| *n > 0) {
+                self.tokens[i]
+                    .get_or_init(|| PRINCIPAL_TOKENS.with_label_values(&[self.id.as_str(), kind]))
+                    .inc_by(n);
+            }
         }
     }
 }
@@ -208,13 +233,16 @@ pub static INSTANCE: LazyLock<GaugeVec> = LazyLock::new(|| {
 
 /// Status class label: `2xx`, `4xx`, ...
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_index(status)]
+}
+
+/// The label values of [`status_class`].
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn status_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
     }
 }
 
