@@ -84,6 +84,37 @@ pub enum KeysCommand {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Make the running router re-read its keys file (SIGHUP to the pid in the pid file;
+    /// a broken file keeps the old keys: see its log and `llm_router_keys_reload_total`).
+    Reload {
+        /// The daemon's pid file (default: `pid_file` of the Pingora conf given by `-c`).
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<String>,
+    },
+}
+
+/// `llm-router keys reload`: SIGHUP to the daemon of the pid file.
+fn reload_keys(pid_file: Option<String>, opt: Opt) -> i32 {
+    let pid_file = match pid_file {
+        Some(f) => f,
+        None => match pingora_server(opt) {
+            Ok(s) => s.configuration.pid_file.clone(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_CONFIG;
+            }
+        },
+    };
+    match crate::daemon::send_reload(&pid_file) {
+        Ok(pid) => {
+            println!("llm-router (pid {pid}) told to re-read its keys file");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 /// `llm-router keys new`: the key alone on stdout's first line, then its YAML entry.
@@ -163,6 +194,9 @@ pub fn main() -> i32 {
         Some(Command::Keys {
             action: KeysCommand::New { id, label },
         }) => new_key(&id, label),
+        Some(Command::Keys {
+            action: KeysCommand::Reload { pid_file },
+        }) => reload_keys(pid_file, cli.pingora),
         None => {
             let Some(path) = cli.config.clone() else {
                 eprintln!("error: --config FILE is required (see --help)");

@@ -214,6 +214,33 @@ pub fn restore_pid_file_on_abort(pid_file: String) {
     });
 }
 
+/// `llm-router keys reload`: SIGHUP to the router whose pid `pid_file` holds (it re-reads
+/// its keys file and reopens its access log). Refuses a pid that is not an `llm-router`
+/// process: a stale pid file may name anything by now.
+pub fn send_reload(pid_file: &str) -> Result<i32, String> {
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
+        format!("{pid_file}: cannot read the pid file: {e} (is the router running as a daemon?)")
+    })?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{pid_file}: not a pid: {:?}", text.trim()))?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_err(|_| format!("{pid_file}: process {pid} is not running"))?;
+    if comm.trim() != "llm-router" {
+        return Err(format!(
+            "{pid_file}: process {pid} is {:?}, not llm-router; not signalled",
+            comm.trim()
+        ));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| format!("cannot signal process {pid}: {e}"))?;
+    Ok(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
