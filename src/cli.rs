@@ -137,7 +137,7 @@ fn new_key(id: &str, label: Option<String>) -> i32 {
     println!("- {{sha256: \"{digest}\", label: {label}}}");
     eprintln!(
         "Give the key on the first line to `{id}`; it is shown only this once. Then reload the \
-         keys: `systemctl kill -s HUP --kill-who=main llm-router` (or kill -HUP <router pid>; never the engines)."
+         keys: `systemctl kill -s HUP --kill-who=main llm-router` or `llm-router keys reload -c <pingora.yaml>` (never SIGHUP the engines)."
     );
     0
 }

@@ -583,3 +583,52 @@ async fn sheddable_requests_are_refused_while_every_instance_is_saturated() {
     .await;
     assert!(metric(&r, &ops, "llm_router_denied_total{reason=\"shed\"}").await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_and_a_wait_over_the_class_limit_answer_503() {
+    let [ops, team] = [0; 2].map(|_| token::new_key().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = class_keys(
+        dir.path(),
+        &[("ops", "critical", &[&ops]), ("team", "standard", &[&team])],
+    );
+    let m = MockVllm::start("m").await;
+    // One place, one waiter, and a standard request waits at most 0.4 s; each engine
+    // request takes 1.5 s.
+    m.set_prefill_ms(1500);
+    let yaml = format!(
+        "{}admission:\n  critical_reserve: 0\n  queue: {{max_waiting: 1}}\n  classes: {{standard: {{max_queue_wait_s: 0.4}}}}\n  models:\n    m: {{max_in_flight: 1}}\n",
+        config(&m, &keys_file, &dir.path().join("usage.sqlite"))
+    );
+    let r = std::sync::Arc::new(RouterProc::start(&yaml).await);
+    let spawn_post = || {
+        let (r, team) = (r.clone(), team.clone());
+        tokio::spawn(async move { post(&r, &team, chat(json!({}))).await })
+    };
+    // One holds the place, the other waits (whichever got there first).
+    let running = spawn_post();
+    let waiting = spawn_post();
+    let depth = "llm_router_queue_depth{class=\"standard\",model=\"m\"}";
+    wait_for("one queued", Duration::from_secs(5), async || {
+        metric(&r, &ops, depth).await == 1.0
+    })
+    .await;
+    // The queue holds one: the next is refused at once.
+    let t0 = std::time::Instant::now();
+    let (st, h, v) = post(&r, &team, chat(json!({}))).await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(v["error"]["code"], "server_overloaded");
+    assert_eq!(v["error"]["type"], "server_error");
+    assert!(h.get("retry-after").is_some(), "{h:?}");
+    assert!(t0.elapsed() < Duration::from_millis(1000));
+    // The one waiting gives up after its class's 0.4 s, long before the place frees up.
+    let mut answers = [running.await.unwrap(), waiting.await.unwrap()];
+    answers.sort_by_key(|a| a.0);
+    assert_eq!(answers[0].0, 200, "{:?}", answers[0].2);
+    assert_eq!(answers[1].0, 503, "{:?}", answers[1].2);
+    assert_eq!(answers[1].2["error"]["code"], "server_overloaded");
+    for reason in ["queue_full", "queue_timeout"] {
+        let series = format!("llm_router_denied_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&r, &ops, &series).await, 1.0, "{reason}");
+    }
+}
