@@ -94,6 +94,50 @@ async fn requests_reach_only_their_model_with_model_rewritten() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllms_other_endpoints_are_routed_by_the_bodys_model() {
+    let (m, r) = one_engine("").await;
+    let cases = [
+        ("/tokenize", json!({"model": "m", "prompt": "hello"})),
+        ("/detokenize", json!({"model": "m", "tokens": [1, 2, 3]})),
+        (
+            "/v1/score",
+            json!({"model": "m", "text_1": "a", "text_2": ["b", "c"]}),
+        ),
+        (
+            "/score",
+            json!({"model": "m", "text_1": "a", "text_2": "b"}),
+        ),
+        ("/pooling", json!({"model": "m", "input": "x"})),
+        ("/classify", json!({"model": "m", "input": ["x", "y"]})),
+    ];
+    for (i, (path, body)) in cases.iter().enumerate() {
+        let resp = post(&r, path, body.to_string()).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let echo: Value = resp.json().await.unwrap();
+        // The engine got the same path and the body with only `model` rewritten.
+        assert_eq!(echo["path"], *path);
+        let mut expected = body.clone();
+        expected["model"] = json!("org/M");
+        let got: Value = serde_json::from_str(echo["body"].as_str().unwrap()).unwrap();
+        assert_eq!(got, expected, "{path}");
+        assert_eq!(m.requests(), i + 1);
+    }
+    // The same checks as chat: an unknown model is the router's 404, not the engine's.
+    let e = expect_error(
+        post(
+            &r,
+            "/tokenize",
+            json!({"model": "nope", "prompt": "x"}).to_string(),
+        )
+        .await,
+        404,
+    )
+    .await;
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(m.requests(), cases.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_mib_body_arrives_byte_for_byte() {
     let m = MockVllm::start("m").await;
     let r = RouterProc::start(&format!(

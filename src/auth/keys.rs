@@ -27,7 +27,16 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, ConfigErrors};
 
 /// Endpoint names a principal may be allowed (`endpoints:`); `*` allows all.
-pub const ENDPOINTS: [&str; 5] = ["chat", "completions", "embeddings", "rerank", "models"];
+pub const ENDPOINTS: [&str; 8] = [
+    "chat",
+    "completions",
+    "embeddings",
+    "rerank",
+    "tokenize",
+    "score",
+    "pooling",
+    "models",
+];
 
 /// Priority class of a principal's requests (the admission queue's order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

@@ -361,7 +361,9 @@ impl Router {
             &model.served_name,
             ctx.principal.as_deref(),
             endpoint.generates(),
-            self.gates.engine_priority(&model.name, class),
+            self.gates
+                .engine_priority(&model.name, class)
+                .filter(|_| endpoint.scheduled()),
         )?;
         let asked = admission::Asked {
             body_bytes: body.len(),

@@ -12,6 +12,14 @@ pub enum Endpoint {
     Completions,
     Embeddings,
     Rerank,
+    /// vLLM's `/tokenize` and `/detokenize` (its own tokenizer, chat template included).
+    Tokenize,
+    Detokenize,
+    /// vLLM's `/v1/score` (`/score`): pairs scored by a cross-encoder or embedding model.
+    Score,
+    /// vLLM's `/pooling` and `/classify` (pooling and classification models).
+    Pooling,
+    Classify,
 }
 
 impl Endpoint {
@@ -21,6 +29,11 @@ impl Endpoint {
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
             Endpoint::Rerank => "/v1/rerank",
+            Endpoint::Tokenize => "/tokenize",
+            Endpoint::Detokenize => "/detokenize",
+            Endpoint::Score => "/v1/score",
+            Endpoint::Pooling => "/pooling",
+            Endpoint::Classify => "/classify",
         }
     }
 
@@ -31,6 +44,11 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Rerank => "rerank",
+            Endpoint::Tokenize => "tokenize",
+            Endpoint::Detokenize => "detokenize",
+            Endpoint::Score => "score",
+            Endpoint::Pooling => "pooling",
+            Endpoint::Classify => "classify",
         }
     }
 
@@ -41,12 +59,21 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Rerank => "rerank",
+            Endpoint::Tokenize | Endpoint::Detokenize => "tokenize",
+            Endpoint::Score => "score",
+            Endpoint::Pooling | Endpoint::Classify => "pooling",
         }
     }
 
     /// Chat or completions: requests that generate (and fill an engine's prefix cache).
     pub fn generates(self) -> bool {
         matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+
+    /// Whether the engine schedules it (and so takes a `priority`): everything but the
+    /// tokenizer endpoints, which vLLM answers outside its scheduler.
+    pub fn scheduled(self) -> bool {
+        !matches!(self, Endpoint::Tokenize | Endpoint::Detokenize)
     }
 
     /// Whether a model of `kind` can answer this endpoint. LLM engines may serve
@@ -56,7 +83,12 @@ impl Endpoint {
             Endpoint::ChatCompletions | Endpoint::Completions => kind == ModelKind::Llm,
             // The seed's rerank call goes through /v1/embeddings with a reranker model.
             Endpoint::Embeddings => true,
-            Endpoint::Rerank => kind != ModelKind::Embedding,
+            Endpoint::Rerank | Endpoint::Score => kind != ModelKind::Embedding,
+            // Served by vLLM only (the router's own embedding service has no tokenizer
+            // endpoints and no pooling API).
+            Endpoint::Tokenize | Endpoint::Detokenize | Endpoint::Pooling | Endpoint::Classify => {
+                kind == ModelKind::Llm
+            }
         }
     }
 }
@@ -91,6 +123,12 @@ pub fn table() -> Routes<Route> {
         .post("/v1/embeddings", Route::Inference(Endpoint::Embeddings))
         .post("/v1/rerank", Route::Inference(Endpoint::Rerank))
         .post("/rerank", Route::Inference(Endpoint::Rerank))
+        .post("/tokenize", Route::Inference(Endpoint::Tokenize))
+        .post("/detokenize", Route::Inference(Endpoint::Detokenize))
+        .post("/v1/score", Route::Inference(Endpoint::Score))
+        .post("/score", Route::Inference(Endpoint::Score))
+        .post("/pooling", Route::Inference(Endpoint::Pooling))
+        .post("/classify", Route::Inference(Endpoint::Classify))
 }
 
 #[cfg(test)]
@@ -114,6 +152,21 @@ mod tests {
         ] {
             assert_eq!(route("GET", detour).unwrap_err().status, 404, "{detour}");
         }
+        for (path, e) in [
+            ("/tokenize", Endpoint::Tokenize),
+            ("/detokenize", Endpoint::Detokenize),
+            ("/score", Endpoint::Score),
+            ("/v1/score", Endpoint::Score),
+            ("/classify", Endpoint::Classify),
+        ] {
+            assert_eq!(
+                route("POST", path).unwrap().0,
+                Route::Inference(e),
+                "{path}"
+            );
+        }
+        assert!(!Endpoint::Tokenize.scheduled() && Endpoint::Score.scheduled());
+        assert!(!Endpoint::Pooling.accepts(ModelKind::Embedding));
         assert_eq!(
             route("GET", "/v1/models/Qwen/Qwen3-0.6B").unwrap(),
             (Route::Model, "Qwen/Qwen3-0.6B".to_string())

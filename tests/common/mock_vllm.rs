@@ -1,7 +1,8 @@
 //! A mock vLLM server speaking real HTTP on a loopback port chosen by the OS.
 //!
 //! It answers `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` in vLLM's
-//! shapes (JSON, or SSE with `"stream": true`), `/metrics` in vLLM V1 text format with
+//! shapes (JSON, or SSE with `"stream": true`), any other path with an echo of what it
+//! received (path, content type, body), `/metrics` in vLLM V1 text format with
 //! settable gauges, and `/health`. Knobs (all live): number of SSE chunks, delay between
 //! chunks, delay before the response header (prefill), a forced status. Counters:
 //! requests received, the last body and headers, streams completed and streams aborted
@@ -77,6 +78,7 @@ impl MockVllm {
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .route("/metrics", get(metrics))
+            .fallback(echo)
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(state)
     }
@@ -352,6 +354,40 @@ async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: B
         json!({"object": "list", "data": data, "model": req["model"],
         "usage": {"prompt_tokens": n, "total_tokens": n}}),
     )
+    .into_response()
+}
+
+/// Any other POST path (vLLM's `/tokenize`, `/v1/score`, ...): echoes what it received, as
+/// `{"path", "content_type", "body"}` (the body as text), and counts it like the others.
+async fn echo(
+    State(s): State<Arc<MockState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method != axum::http::Method::POST {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"detail": "Not Found"})),
+        )
+            .into_response();
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let (_, mut watch) = match admit(&s, headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    watch.done = true;
+    axum::Json(json!({
+        "path": uri.path(),
+        "content_type": content_type,
+        "body": String::from_utf8_lossy(&body),
+    }))
     .into_response()
 }
 
