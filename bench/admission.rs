@@ -148,32 +148,36 @@ fn print_cost([off, control, on]: &[Samples; 3]) {
     println!("\n### Auth + limits on vs off (same engine, {ROUNDS} interleaved rounds of {PHASE:?}; medians)\n");
     println!("| metric | auth off | auth off again (control) | auth + limits + ledger | control / off | on / off |");
     println!("|---|---|---|---|---|---|");
-    let ratio = |a: &[f64], b: &[f64]| per_round(a, b, |x, y| y / x);
-    let diff = |a: &[f64], b: &[f64]| per_round(a, b, |x, y| y - x);
-    println!(
-        "| c=64 requests/s | {:.0} | {:.0} | {:.0} | {:.3}x | {:.3}x |",
-        median(off.rps.clone()),
-        median(control.rps.clone()),
-        median(on.rps.clone()),
-        ratio(&off.rps, &control.rps),
-        ratio(&off.rps, &on.rps)
+    // One row: each arm's median (`value`), then control and on against off (`rel`).
+    let row = |name: &str,
+               get: fn(&Samples) -> &[f64],
+               value: &dyn Fn(f64) -> String,
+               rel: &dyn Fn(&[f64], &[f64]) -> String| {
+        let [a, b, c] = [off, control, on].map(get);
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            value(median(a.to_vec())),
+            value(median(b.to_vec())),
+            value(median(c.to_vec())),
+            rel(a, b),
+            rel(a, c)
+        );
+    };
+    let ratio = |a: &[f64], b: &[f64]| format!("{:.3}x", per_round(a, b, |x, y| y / x));
+    let diff = |a: &[f64], b: &[f64]| format!("{:+.3} ms", per_round(a, b, |x, y| y - x));
+    row(
+        "c=64 requests/s",
+        |s| &s.rps,
+        &|v| format!("{v:.0}"),
+        &ratio,
     );
-    println!(
-        "| router CPU per request (c=64) | {:.1} µs | {:.1} µs | {:.1} µs | {:.3}x | {:.3}x |",
-        median(off.cpu.clone()),
-        median(control.cpu.clone()),
-        median(on.cpu.clone()),
-        ratio(&off.cpu, &control.cpu),
-        ratio(&off.cpu, &on.cpu)
+    row(
+        "router CPU per request (c=64)",
+        |s| &s.cpu,
+        &|v| format!("{v:.1} µs"),
+        &ratio,
     );
-    println!(
-        "| c=1 p50 | {:.3} ms | {:.3} ms | {:.3} ms | {:+.3} ms | {:+.3} ms |",
-        median(off.p50.clone()),
-        median(control.p50.clone()),
-        median(on.p50.clone()),
-        diff(&off.p50, &control.p50),
-        diff(&off.p50, &on.p50)
-    );
+    row("c=1 p50", |s| &s.p50, &|v| format!("{v:.3} ms"), &diff);
 }
 
 /// One streamed request: time to its first data event.

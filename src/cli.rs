@@ -423,7 +423,7 @@ impl Startup {
             .options
             .as_ref()
             .is_some_and(|o| o.upgrade)
-            .then(|| read_pid(&conf.pid_file))
+            .then(|| crate::daemon::read_pid(&conf.pid_file).ok())
             .flatten();
         if let Err(e) = crate::daemon::check_listen(&self.addresses, old_router) {
             eprintln!("error: {e}");
@@ -450,10 +450,6 @@ impl Startup {
 }
 
 /// The pid in a pid file, if any.
-fn read_pid(path: &str) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 /// Marks the process as in charge once the bootstrap (the hand-over) is done.
 struct Commit;
 

@@ -214,17 +214,21 @@ pub fn restore_pid_file_on_abort(pid_file: String) {
     });
 }
 
+/// The pid a pid file holds.
+pub fn read_pid(pid_file: &str) -> Result<i32, String> {
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
+        format!("{pid_file}: cannot read the pid file: {e} (is the router running as a daemon?)")
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{pid_file}: not a pid: {:?}", text.trim()))
+}
+
 /// `llm-router keys reload`: SIGHUP to the router whose pid `pid_file` holds (it re-reads
 /// its keys file and reopens its access log). Refuses a pid that is not an `llm-router`
 /// process: a stale pid file may name anything by now.
 pub fn send_reload(pid_file: &str) -> Result<i32, String> {
-    let text = std::fs::read_to_string(pid_file).map_err(|e| {
-        format!("{pid_file}: cannot read the pid file: {e} (is the router running as a daemon?)")
-    })?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{pid_file}: not a pid: {:?}", text.trim()))?;
+    let pid = read_pid(pid_file)?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map_err(|_| format!("{pid_file}: process {pid} is not running"))?;
     if comm.trim() != "llm-router" {

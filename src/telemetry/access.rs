@@ -99,43 +99,34 @@ impl AccessRecord<'_> {
                     self.status,
                     self.duration_ms
                 );
-                let mut add = |k: &str, v: String| s.push_str(&format!(" {k}={v}"));
-                if let Some(m) = self.model {
-                    add("model", logfmt_value(m));
-                }
-                if let Some(i) = self.instance {
-                    add("instance", logfmt_value(i));
-                }
-                if let Some(t) = self.ttfb_ms {
-                    add("ttfb_ms", format!("{t:.3}"));
-                }
-                if let Some(t) = self.prompt_tokens {
-                    add("prompt_tokens", t.to_string());
-                }
-                if let Some(t) = self.completion_tokens {
-                    add("completion_tokens", t.to_string());
-                }
-                if let Some(p) = self.principal {
-                    add("principal", logfmt_value(p));
-                }
-                if let Some(c) = self.class {
-                    add("class", c.to_string());
-                }
-                if let Some(t) = self.queued_ms {
-                    add("queued_ms", format!("{t:.3}"));
-                }
-                if let Some(t) = self.reserved_tokens {
-                    add("reserved_tokens", t.to_string());
-                }
-                if let Some(e) = self.usage_estimated {
-                    add("usage_estimated", e.to_string());
-                }
-                if !self.failovers.is_empty() {
-                    add("failovers", logfmt_value(&self.failovers.join("; ")));
-                }
-                if let Some(e) = self.error {
-                    add("error", logfmt_value(e));
-                }
+                let mut add = |k: &str, v: Option<String>| {
+                    if let Some(v) = v {
+                        s.push_str(&format!(" {k}={v}"));
+                    }
+                };
+                let ms = |t: Option<f64>| t.map(|t| format!("{t:.3}"));
+                add("model", self.model.map(logfmt_value));
+                add("instance", self.instance.map(logfmt_value));
+                add("ttfb_ms", ms(self.ttfb_ms));
+                add("prompt_tokens", self.prompt_tokens.map(|t| t.to_string()));
+                add(
+                    "completion_tokens",
+                    self.completion_tokens.map(|t| t.to_string()),
+                );
+                add("principal", self.principal.map(logfmt_value));
+                add("class", self.class.map(str::to_string));
+                add("queued_ms", ms(self.queued_ms));
+                add(
+                    "reserved_tokens",
+                    self.reserved_tokens.map(|t| t.to_string()),
+                );
+                add(
+                    "usage_estimated",
+                    self.usage_estimated.map(|e| e.to_string()),
+                );
+                let failovers = (!self.failovers.is_empty()).then(|| self.failovers.join("; "));
+                add("failovers", failovers.as_deref().map(logfmt_value));
+                add("error", self.error.map(logfmt_value));
                 Some(s)
             }
         }
