@@ -26,7 +26,7 @@ if [ "${1:-}" = "--python" ]; then
     mkdir -p "$CACHE"
     python3 -m venv "$VENV"
   fi
-  if ! "$VENV/bin/python" -c "import openai, pytest" 2>/dev/null; then
+  if ! "$VENV/bin/python" -c "import openai, pytest, anthropic" 2>/dev/null; then
     say "installing Python test packages (requirements from tests/python/requirements.txt)"
     "$VENV/bin/pip" install -q -r tests/python/requirements.txt
   else

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, ConfigErrors};
 
 /// Endpoint names a principal may be allowed (`endpoints:`); `*` allows all.
-pub const ENDPOINTS: [&str; 8] = [
+pub const ENDPOINTS: [&str; 11] = [
     "chat",
     "completions",
     "embeddings",
@@ -35,6 +35,9 @@ pub const ENDPOINTS: [&str; 8] = [
     "tokenize",
     "score",
     "pooling",
+    "responses",
+    "messages",
+    "other",
     "models",
 ];
 

@@ -83,6 +83,30 @@ pub struct RouterOptions {
     pub timeouts: ClientTimeouts,
     pub request_limits: RequestLimits,
     pub connections: ConnectionLimits,
+    pub stored_responses: StoredResponses,
+}
+
+/// `router.stored_responses`: a response created through `POST /v1/responses` lives on
+/// the instance that made it (vLLM keeps it in memory), so the router remembers the
+/// instance of each id, for `GET`/`DELETE`/`cancel` and for a later request that names it
+/// as `previous_response_id`. Bounded in count and age: the oldest ids are forgotten
+/// first.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StoredResponses {
+    /// Ids remembered at once. Default 100000 (about 10 MiB).
+    pub max_ids: usize,
+    /// How long an id is remembered. Default 86400 s (a day).
+    #[serde(with = "secs", rename = "ttl_s")]
+    pub ttl: Duration,
+}
+
+impl Default for StoredResponses {
+    fn default() -> Self {
+        StoredResponses {
+            max_ids: 100_000,
+            ttl: Duration::from_secs(86_400),
+        }
+    }
 }
 
 /// `router.timeouts`: Pingora times out single reads only, so a client sending one byte
@@ -183,6 +207,7 @@ impl Default for RouterOptions {
             timeouts: ClientTimeouts::default(),
             request_limits: RequestLimits::default(),
             connections: ConnectionLimits::default(),
+            stored_responses: StoredResponses::default(),
         }
     }
 }

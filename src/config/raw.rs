@@ -259,6 +259,16 @@ pub struct RawRouter {
     pub request_limits: RawRequestLimits,
     #[serde(default)]
     pub connections: RawConnections,
+    #[serde(default)]
+    pub stored_responses: RawStoredResponses,
+}
+
+/// `router.stored_responses`: which instance holds which Responses API id.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoredResponses {
+    pub max_ids: Option<usize>,
+    pub ttl_s: Option<f64>,
 }
 
 /// `router.timeouts`: deadlines against slow and idle clients.

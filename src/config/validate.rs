@@ -614,6 +614,7 @@ fn resolve_router(c: &mut Checker<'_>, r: RawRouter) -> RouterOptions {
         timeouts: resolve_timeouts(c, &r.timeouts),
         request_limits: resolve_request_limits(c, &r.request_limits),
         connections: resolve_connections(c, &r.connections),
+        stored_responses: resolve_stored_responses(c, &r.stored_responses),
     }
 }
 
@@ -723,6 +724,18 @@ fn resolve_connections(
     super::ConnectionLimits {
         max_total: at_least_one(c, &format!("{k}.max_total"), r.max_total, d.max_total),
         max_per_ip: at_least_one(c, &format!("{k}.max_per_ip"), r.max_per_ip, d.max_per_ip),
+    }
+}
+
+fn resolve_stored_responses(
+    c: &mut Checker<'_>,
+    r: &super::raw::RawStoredResponses,
+) -> super::StoredResponses {
+    let d = super::StoredResponses::default();
+    let k = "router.stored_responses";
+    super::StoredResponses {
+        max_ids: at_least_one(c, &format!("{k}.max_ids"), r.max_ids, d.max_ids),
+        ttl: c.secs(&format!("{k}.ttl_s"), r.ttl_s, d.ttl),
     }
 }
 

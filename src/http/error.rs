@@ -128,6 +128,16 @@ impl ApiError {
         .with_param("model")
     }
 
+    /// A stored response (Responses API) the router knows no home of.
+    pub fn response_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "response_not_found",
+            format!("Response with id '{}' not found.", clip(id)),
+        )
+    }
+
     pub fn path_not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -137,7 +147,7 @@ impl ApiError {
         )
     }
 
-    pub fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Self {
+    pub fn method_not_allowed(method: &str, path: &str, allow: String) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
@@ -340,6 +350,58 @@ impl ApiError {
             .to_string(),
         )
     }
+
+    /// The body in the API family of the path that was called.
+    pub fn body_in(&self, dialect: Dialect) -> Bytes {
+        match dialect {
+            Dialect::OpenAi => self.body(),
+            Dialect::Anthropic => Bytes::from(
+                json!({
+                    "type": "error",
+                    "error": {"type": self.anthropic_type(), "message": self.message},
+                })
+                .to_string(),
+            ),
+        }
+    }
+
+    /// Anthropic's error `type` for this status (its SDKs pick the exception class by
+    /// status; the type is what their users match on).
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            s if s >= 500 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+/// The API family a path belongs to, which decides the shape of the router's own errors:
+/// OpenAI's `{"error": {...}}` everywhere but Anthropic's `/v1/messages*`, whose clients
+/// parse `{"type": "error", "error": {"type", "message"}}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dialect {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
+
+impl Dialect {
+    pub fn of_path(path: &str) -> Dialect {
+        let anthropic = path
+            .strip_prefix("/v1/messages")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if anthropic {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
+        }
+    }
 }
 
 /// A JSON answer for Pingora `ServeHttp` apps (the embedding service, the admin listener).
@@ -378,6 +440,15 @@ mod tests {
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["param"], "model");
         assert!(v["error"]["message"].as_str().unwrap().contains("a, b"));
+        let v: serde_json::Value = serde_json::from_slice(&e.body_in(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "not_found_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("a, b"));
+        assert_eq!(
+            Dialect::of_path("/v1/messages/count_tokens"),
+            Dialect::Anthropic
+        );
+        assert_eq!(Dialect::of_path("/v1/messagesx"), Dialect::OpenAi);
     }
 
     #[test]

@@ -12,4 +12,4 @@ pub mod request_body;
 pub mod request_id;
 pub mod routes;
 
-pub use error::{error_response, json_response, ApiError};
+pub use error::{error_response, json_response, ApiError, Dialect};

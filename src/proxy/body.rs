@@ -30,6 +30,9 @@ pub struct RequestInfo {
     pub guarded: Vec<(GuardedField, (usize, usize))>,
     /// Offset of the object's opening `{` (fields are inserted after it).
     pub open: usize,
+    /// The Responses API's `previous_response_id`, when a string: the request belongs on
+    /// the instance that holds that response.
+    pub previous_response_id: Option<String>,
 }
 
 /// The request's `stream_options`.
@@ -73,6 +76,11 @@ struct Probe<'a> {
     max_tokens: Option<&'a RawValue>,
     #[serde(borrow, default)]
     max_completion_tokens: Option<&'a RawValue>,
+    /// The Responses API's name for it.
+    #[serde(borrow, default)]
+    max_output_tokens: Option<&'a RawValue>,
+    #[serde(default)]
+    previous_response_id: Option<serde_json::Value>,
     #[serde(borrow, default)]
     n: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -195,34 +203,40 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
     let max_tokens = probe
         .max_completion_tokens
         .or(probe.max_tokens)
+        .or(probe.max_output_tokens)
         .and_then(|r| r.get().parse::<u64>().ok());
     let stream_options = probe.stream_options.map(|r| StreamOptions {
         span: span_in(body, r),
         value: serde_json::from_str(r.get()).unwrap_or_default(),
     });
     let open = body.iter().position(|b| *b == b'{').unwrap_or(0);
-    let stream = match probe.stream {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => b,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_stream",
-                format!("`stream` must be a boolean, got {other}"),
-            )
-            .with_param("stream"))
-        }
-    };
     Ok(RequestInfo {
         model,
         model_span: (start, end),
-        stream,
+        stream: stream_flag(probe.stream)?,
         user: probe.user.and_then(|u| u.as_str().map(str::to_string)),
         n,
         max_tokens,
         stream_options,
         guarded,
         open,
+        previous_response_id: probe
+            .previous_response_id
+            .and_then(|v| v.as_str().map(str::to_string)),
     })
+}
+
+/// `stream`: absent or `null` is false; anything but a boolean is a 400.
+fn stream_flag(v: Option<serde_json::Value>) -> Result<bool, ApiError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(b),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_stream",
+            format!("`stream` must be a boolean, got {other}"),
+        )
+        .with_param("stream")),
+    }
 }
 
 /// [`inspect`], off the async worker threads for a large body.

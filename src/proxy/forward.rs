@@ -24,13 +24,14 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use tracing::{debug, warn};
 
+use super::stored::{self, Home, ResponseHomes, SseId};
 use super::usage::{SseUsage, Usage};
 use super::usage_event::UsageEventFilter;
 use crate::admission::{Admitted, Charged};
 use crate::auth;
 use crate::balance::{InFlightGuard, Instance, Model};
 use crate::config::RouterOptions;
-use crate::http::ApiError;
+use crate::http::{ApiError, Dialect};
 use crate::telemetry::metrics;
 use prometheus::Histogram;
 
@@ -47,6 +48,15 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
     "expect",
 ];
+
+/// On every forwarded answer: the id of the instance that answered and its configured
+/// model (the first part of the route receipt).
+pub const ANSWERED_BY_INSTANCE: &str = "x-llm-router-instance";
+pub const ANSWERED_BY_MODEL: &str = "x-llm-router-model";
+
+/// Largest engine 404 body read to tell an API error from a web framework's "no such
+/// path".
+const NOT_FOUND_BODY_LIMIT: usize = 64 * 1024;
 
 /// How a forwarded request ended, for the access log and the tests' counters.
 #[derive(Debug, Default)]
@@ -91,7 +101,7 @@ impl Outcome {
 }
 
 /// How one request is to be forwarded, beyond its body.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Default, Clone, Copy)]
 pub struct Exchange<'a> {
     /// Session-affinity key (empty: none).
     pub affinity_key: &'a [u8],
@@ -99,6 +109,21 @@ pub struct Exchange<'a> {
     pub headers: &'a [(&'static str, String)],
     /// The router asked for the stream's usage: take that event out again.
     pub strip_usage_event: bool,
+    /// The API family of the path: the shape of the errors the router makes up, and of
+    /// the last event of a stream the engine cut.
+    pub dialect: Dialect,
+    /// Only this instance (by id) may answer: it holds the stored response the request
+    /// refers to. No failover.
+    pub pinned: Option<&'a str>,
+    /// A Responses API answer: remember which instance holds the response it creates.
+    pub remember: Option<Remember<'a>>,
+}
+
+/// Where a created response's home is written, and for whom.
+#[derive(Clone, Copy)]
+pub struct Remember<'a> {
+    pub homes: &'a ResponseHomes,
+    pub principal: Option<&'a str>,
 }
 
 /// Stale pooled connections replaced per instance and request before the instance
@@ -151,7 +176,14 @@ impl Forwarder {
         let mut tried = Vec::with_capacity(2);
         let started = Instant::now();
         for _ in 0..max_attempts {
-            let Some(inst) = model.pick(ex.affinity_key, &tried) else {
+            let inst = match ex.pinned {
+                Some(id) if tried.is_empty() => {
+                    model.instances.iter().find(|i| i.id == id).cloned()
+                }
+                Some(_) => None,
+                None => model.pick(ex.affinity_key, &tried),
+            };
+            let Some(inst) = inst else {
                 break;
             };
             tried.push(inst.index);
@@ -328,10 +360,21 @@ impl Forwarder {
         if let Some(id) = session.req_header().headers.get(super::REQUEST_ID).cloned() {
             let _ = down.insert_header(super::REQUEST_ID, id);
         }
+        let _ = down.insert_header(ANSWERED_BY_INSTANCE, &inst.id);
+        let _ = down.insert_header(ANSWERED_BY_MODEL, &inst.model);
         for (k, v) in ex.headers {
             let _ = down.insert_header(*k, v);
         }
-        let mut watch = BodyWatch::new(resp, &inst, started, ex.strip_usage_event);
+        if resp.status == http::StatusCode::NOT_FOUND {
+            return self
+                .relay_not_found(session, up, guard, down, ex, out)
+                .await;
+        }
+        let remember = ex
+            .remember
+            .filter(|_| resp.status.is_success())
+            .map(|r| (r, inst.as_ref()));
+        let mut watch = BodyWatch::new(resp, &inst, started, ex.strip_usage_event, remember);
         let no_body = up.response_done();
         if session
             .write_response_header(Box::new(down), no_body)
@@ -342,7 +385,7 @@ impl Forwarder {
             return Ok(());
         }
         up.set_read_timeout(Some(self.opts.read_idle_timeout));
-        let ended = relay_body(session, &mut up, &inst, &mut watch, out, no_body).await;
+        let ended = relay_body(session, &mut up, &inst, &mut watch, out, no_body, ex).await;
         out.events = watch.events();
         if !ended {
             return Ok(());
@@ -360,6 +403,64 @@ impl Forwarder {
         debug!(instance = %inst.id, "response relayed");
         Ok(())
     }
+
+    /// An engine's 404: an API error (a model it does not serve, a stored response it
+    /// does not have) goes to the client as it is; anything else (FastAPI's
+    /// `{"detail": "Not Found"}` for a path the engine does not serve) becomes the
+    /// router's own 404 `unknown_url`, in the path's dialect.
+    async fn relay_not_found(
+        &self,
+        session: &mut Session,
+        mut up: HttpSession,
+        guard: InFlightGuard,
+        down: ResponseHeader,
+        ex: Exchange<'_>,
+        out: &mut Outcome,
+    ) -> Result<(), ApiError> {
+        let inst = guard.instance().clone();
+        up.set_read_timeout(Some(self.opts.read_idle_timeout));
+        let mut body = BytesMut::new();
+        while !up.response_done() && body.len() <= NOT_FOUND_BODY_LIMIT {
+            match up.read_response_body().await {
+                Ok(Some(b)) => body.extend_from_slice(&b),
+                Ok(None) => break,
+                Err(e) => {
+                    broke_off(session, &inst, false, ex.dialect, &e, out).await;
+                    return Ok(());
+                }
+            }
+        }
+        out.settle(true);
+        if up.response_done() {
+            self.connector
+                .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))
+                .await;
+        }
+        drop(guard);
+        if !is_api_error(&body) {
+            out.status = None;
+            return Err(ApiError::path_not_found(session.req_header().uri.path()));
+        }
+        let written = async {
+            session.write_response_header(Box::new(down), false).await?;
+            session.write_response_body(Some(body.freeze()), true).await
+        };
+        if written.await.is_err() {
+            out.client_gone = true;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON error of an API: OpenAI's `{"error": ...}`, vLLM's older `{"object": "error"}`
+/// or Anthropic's `{"type": "error"}`.
+fn is_api_error(body: &[u8]) -> bool {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    m.contains_key("error")
+        || m.get("object").is_some_and(|v| v == "error")
+        || m.get("type").is_some_and(|v| v == "error")
 }
 
 /// The body, chunk by chunk, while the client is watched. True when the answer ended
@@ -369,9 +470,10 @@ async fn relay_body(
     session: &mut Session,
     up: &mut HttpSession,
     inst: &Instance,
-    watch: &mut BodyWatch,
+    watch: &mut BodyWatch<'_>,
     out: &mut Outcome,
     no_body: bool,
+    ex: Exchange<'_>,
 ) -> bool {
     let mut ended = no_body;
     loop {
@@ -415,7 +517,7 @@ async fn relay_body(
             }
             Ok(None) => break,
             Err(e) => {
-                broke_off(session, inst, watch.is_sse(), &e, out).await;
+                broke_off(session, inst, watch.is_sse(), ex.dialect, &e, out).await;
                 return false;
             }
         }
@@ -439,6 +541,7 @@ async fn broke_off(
     session: &mut Session,
     inst: &Instance,
     is_sse: bool,
+    dialect: Dialect,
     e: &Error,
     out: &mut Outcome,
 ) {
@@ -449,7 +552,7 @@ async fn broke_off(
         .inc();
     if is_sse {
         let msg = format!("The engine's stream broke off: {e}");
-        let event = stream_cut_event(&msg);
+        let event = stream_cut_event(&msg, dialect);
         out.stream_error = Some(msg);
         let _ = session.write_response_body(Some(event), true).await;
     } else {
@@ -459,7 +562,7 @@ async fn broke_off(
 
 /// What the relay learns from an answer's body on its way: a stream's event timings
 /// (time to first token, gaps) and the `usage` of a JSON answer or a stream's last chunk.
-struct BodyWatch {
+struct BodyWatch<'a> {
     started: Instant,
     /// Streams only: no label lookups for other answers.
     timers: Option<(Histogram, Histogram)>,
@@ -472,10 +575,33 @@ struct BodyWatch {
     /// [`Self::end`] ran; `events`: the stream's data events then.
     ended: bool,
     events: u64,
+    /// A Responses API answer: its response id is looked for, and its home remembered.
+    remember: Option<Remembering<'a>>,
 }
 
-impl BodyWatch {
-    fn new(resp: &ResponseHeader, inst: &Instance, started: Instant, strip: bool) -> Self {
+/// The response id of an answer, looked for until found (a stream: in its first events,
+/// so that a client can already cancel it while it runs).
+struct Remembering<'a> {
+    homes: &'a ResponseHomes,
+    home: Home,
+    sse: Option<SseId>,
+}
+
+impl Remembering<'_> {
+    fn found(&self, id: &str) {
+        debug!(response = %id, instance = %self.home.instance, "stored response");
+        self.homes.remember(id, self.home.clone());
+    }
+}
+
+impl<'a> BodyWatch<'a> {
+    fn new(
+        resp: &ResponseHeader,
+        inst: &Instance,
+        started: Instant,
+        strip: bool,
+        remember: Option<(Remember<'a>, &Instance)>,
+    ) -> Self {
         let content_type = |prefix: &str| {
             resp.headers
                 .get(header::CONTENT_TYPE)
@@ -483,6 +609,15 @@ impl BodyWatch {
                 .is_some_and(|v| v.starts_with(prefix))
         };
         let is_sse = content_type("text/event-stream");
+        let remember = remember.map(|(r, inst)| Remembering {
+            homes: r.homes,
+            home: Home {
+                model: inst.model.clone(),
+                instance: inst.id.clone(),
+                principal: r.principal.map(str::to_string),
+            },
+            sse: is_sse.then(SseId::default),
+        });
         BodyWatch {
             started,
             timers: is_sse.then(|| {
@@ -497,6 +632,7 @@ impl BodyWatch {
             strip: (is_sse && strip).then(UsageEventFilter::default),
             ended: false,
             events: 0,
+            remember,
         }
     }
 
@@ -537,6 +673,14 @@ impl BodyWatch {
             if let Some(u) = self.sse_usage.as_mut() {
                 u.feed(data);
             }
+            let id = self
+                .remember
+                .as_mut()
+                .and_then(|r| r.sse.as_mut())
+                .and_then(|s| s.feed(data));
+            if let (Some(id), Some(r)) = (id, self.remember.take()) {
+                r.found(&id);
+            }
         } else if let Some(buf) = self.json_body.as_mut() {
             if buf.len() + data.len() <= USAGE_SCAN_LIMIT {
                 buf.extend_from_slice(data);
@@ -554,6 +698,11 @@ impl BodyWatch {
         }
         if let Some(buf) = self.json_body.take() {
             out.usage.take_json(&buf);
+            if let Some(r) = self.remember.take() {
+                if let Some(id) = stored::response_id(&buf) {
+                    r.found(&id);
+                }
+            }
         }
         if let Some(mut u) = self.sse_usage.take() {
             u.finish();
@@ -579,11 +728,15 @@ fn count_tokens(model: &str, usage: &Usage) {
     }
 }
 
-/// `data: {"error": {...}}` ending an event stream that the engine cut.
-fn stream_cut_event(message: &str) -> Bytes {
+/// `data: {"error": {...}}` ending an event stream that the engine cut (Anthropic's
+/// streams: an `error` event, `{"type": "error", "error": {...}}`).
+fn stream_cut_event(message: &str, dialect: Dialect) -> Bytes {
     let e = ApiError::stream_cut(message);
-    let mut event = BytesMut::from(&b"data: "[..]);
-    event.extend_from_slice(&e.body());
+    let mut event = BytesMut::from(match dialect {
+        Dialect::OpenAi => &b"data: "[..],
+        Dialect::Anthropic => &b"event: error\ndata: "[..],
+    });
+    event.extend_from_slice(&e.body_in(dialect));
     event.extend_from_slice(b"\n\n");
     event.freeze()
 }

@@ -9,7 +9,9 @@ pub mod guard;
 pub mod head;
 pub mod linger;
 pub mod policy;
+mod responses;
 mod routes;
+pub mod stored;
 pub mod usage;
 pub mod usage_event;
 
@@ -38,7 +40,7 @@ use crate::http::budget;
 use crate::http::request_body;
 use crate::http::request_id;
 use crate::http::routes::Routes;
-use crate::http::ApiError;
+use crate::http::{ApiError, Dialect};
 use crate::ledger::Ledger;
 use crate::lifecycle::drain;
 use crate::telemetry::access::{now_rfc3339, AccessLog, AccessRecord};
@@ -46,7 +48,7 @@ use crate::telemetry::audit;
 use crate::telemetry::metrics;
 
 pub use crate::http::request_id::HEADER as REQUEST_ID;
-use forward::{Exchange, Forwarder, Outcome};
+use forward::{Exchange, Forwarder, Outcome, Remember};
 use routes::Route;
 
 /// The router's proxy logic, shared by all worker threads.
@@ -77,6 +79,8 @@ pub struct Router {
     rate_headers: bool,
     /// Per-model admission queues.
     gates: Gates,
+    /// The instance of each stored response (Responses API).
+    homes: stored::ResponseHomes,
 }
 
 /// Per-request state, kept for logging.
@@ -86,6 +90,8 @@ pub struct RequestCtx {
     /// A configured model name (bounded metric label), once known.
     model: Option<String>,
     endpoint: &'static str,
+    /// The API family of the path (the shape of the router's errors).
+    dialect: Dialect,
     request_id: String,
     outcome: Outcome,
     error: Option<ApiError>,
@@ -154,6 +160,7 @@ impl Router {
             limiter,
             rate_headers: config.rate_headers,
             gates: Gates::new(&config.queue),
+            homes: stored::ResponseHomes::new(config.router.stored_responses),
         })
     }
 
@@ -220,6 +227,10 @@ impl Router {
                 ctx.endpoint = endpoint.label();
                 self.may_call(session, ctx, endpoint.permission())?;
                 self.inference(session, ctx, endpoint).await
+            }
+            Route::StoredResponse => {
+                let rest = found.rest.to_string();
+                self.stored_response(session, ctx, &rest).await
             }
         }
     }
@@ -326,31 +337,45 @@ impl Router {
         d.error
     }
 
-    async fn inference(
+    /// The request's whole body, within its size, time and memory limits.
+    async fn read_body(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        endpoint: routes::Endpoint,
-    ) -> Result<(), ApiError> {
-        let body = request_body::read(
+    ) -> Result<Bytes, ApiError> {
+        request_body::read(
             session,
             self.max_body_bytes,
             &self.timeouts,
             &self.bodies,
             &mut ctx._body_room,
         )
-        .await?;
+        .await
+    }
+
+    async fn inference(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        endpoint: routes::Endpoint,
+    ) -> Result<(), ApiError> {
+        let body = self.read_body(session, ctx).await?;
         let info = match body::inspect_shared(&body).await {
             // text-embeddings-inference's `/rerank` names no model: the first reranker
             // the principal may use.
             Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
                 return self.nameless_rerank(session, ctx, body, e).await;
             }
+            // A path the router does not know: without a JSON body naming a model there
+            // is nothing to route it by.
+            Err(_) if endpoint == routes::Endpoint::Other => {
+                return Err(ApiError::path_not_found(session.req_header().uri.path()));
+            }
             r => r?,
         };
         let model = self.allowed_model(session, ctx, &info.model)?;
         ctx.model = Some(model.name.clone());
-        serves(model, endpoint)?;
+        serves(model, endpoint, session.req_header().uri.path())?;
         let class = ctx
             .principal
             .as_deref()
@@ -363,7 +388,7 @@ impl Router {
             endpoint.generates(),
             self.gates
                 .engine_priority(&model.name, class)
-                .filter(|_| endpoint.scheduled()),
+                .filter(|_| endpoint.takes_priority()),
         )?;
         let asked = admission::Asked {
             body_bytes: body.len(),
@@ -375,20 +400,42 @@ impl Router {
         if !self.queue(session, ctx, model).await? {
             return Ok(());
         }
-        let usage_edit = policy::stream_usage(&info, endpoint.generates())
+        let usage_edit = policy::stream_usage(&info, endpoint.has_stream_options())
             .filter(|_| self.limiter.options().inject_stream_usage);
         let strip_usage_event = usage_edit.is_some();
         edits.extend(usage_edit);
         let key = affinity_key(session, model, &info);
         let body = body::splice(&body, edits);
+        let principal = ctx.principal.as_deref().map(|p| p.id.as_str());
+        let home = self.home_of_previous(&info, model, principal);
         let ex = Exchange {
             affinity_key: key.as_bytes(),
             headers: &ctx.rate_headers,
             strip_usage_event,
+            dialect: ctx.dialect,
+            pinned: home.as_ref().map(|h| h.instance.as_str()),
+            remember: (endpoint == routes::Endpoint::Responses).then_some(Remember {
+                homes: &self.homes,
+                principal,
+            }),
         };
         self.forwarder
             .forward(session, model, body, ex, &mut ctx.outcome)
             .await
+    }
+
+    /// A follow-up of a stored response (`previous_response_id`) goes where that
+    /// response lives, when the router knows it (for this principal and model).
+    fn home_of_previous(
+        &self,
+        info: &body::RequestInfo,
+        model: &Model,
+        principal: Option<&str>,
+    ) -> Option<stored::Home> {
+        let id = info.previous_response_id.as_deref()?;
+        self.homes
+            .find(id, principal)
+            .filter(|h| h.model == model.name)
     }
 
     /// text-embeddings-inference's `/rerank` names no model: the first reranker the
@@ -577,7 +624,7 @@ fn affinity_key(session: &Session, model: &Model, info: &body::RequestInfo) -> S
 }
 
 /// 400 unless a model of `model`'s kind can answer `endpoint`.
-fn serves(model: &Model, endpoint: routes::Endpoint) -> Result<(), ApiError> {
+fn serves(model: &Model, endpoint: routes::Endpoint, path: &str) -> Result<(), ApiError> {
     if endpoint.accepts(model.kind) {
         return Ok(());
     }
@@ -587,7 +634,7 @@ fn serves(model: &Model, endpoint: routes::Endpoint) -> Result<(), ApiError> {
             "Model `{}` is {} model and cannot serve {}",
             model.name,
             kind_article(model.kind),
-            endpoint.path()
+            path
         ),
     )
     .with_param("model"))
@@ -635,10 +682,11 @@ async fn write_response(
     session.write_response_body(Some(body), true).await
 }
 
+/// `ids`: the request id, and the dialect of the error body.
 async fn write_error(
     session: &mut Session,
     e: &ApiError,
-    request_id: &str,
+    (request_id, dialect): (&str, Dialect),
     rate: &[(&'static str, String)],
 ) {
     let mut extra = vec![(REQUEST_ID, request_id.to_string())];
@@ -650,7 +698,7 @@ async fn write_error(
     // After an error the rest of the request body may still be unread: don't reuse the
     // connection for another request.
     session.set_keepalive(None);
-    let _ = write_response(session, e.status.as_u16(), e.body(), &extra).await;
+    let _ = write_response(session, e.status.as_u16(), e.body_in(dialect), &extra).await;
 }
 
 #[async_trait]
@@ -686,6 +734,7 @@ impl ProxyHttp for Router {
         ctx.start = Some(Instant::now());
         ctx._active = Some(drain::ActiveRequest::new());
         ctx.endpoint = "local";
+        ctx.dialect = Dialect::of_path(session.req_header().uri.path());
         ctx.request_id = self.request_id(session);
         if self.draining.is_set() {
             // Leaving (upgrade or stop): answer with `Connection: close`, so that clients do
@@ -695,7 +744,8 @@ impl ProxyHttp for Router {
         if let Err(e) = self.handle(session, ctx).await {
             if !response_started(session) {
                 self.fill_rate_headers(ctx);
-                write_error(session, &e, &ctx.request_id, &ctx.rate_headers).await;
+                let ids = (ctx.request_id.as_str(), ctx.dialect);
+                write_error(session, &e, ids, &ctx.rate_headers).await;
                 request_body::discard_rest(session).await;
             }
             ctx.error = Some(e);
@@ -722,7 +772,7 @@ impl ProxyHttp for Router {
             write_error(
                 session,
                 &ApiError::bad_gateway(format!("proxy error: {e}")),
-                "",
+                ("", Dialect::OpenAi),
                 &[],
             )
             .await;

@@ -3,7 +3,7 @@
 
 use crate::admin::Introspect;
 use crate::config::ModelKind;
-use crate::http::routes::Routes;
+use crate::http::routes::{Methods, Routes};
 
 /// An OpenAI (or rerank) endpoint forwarded to an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,23 +20,19 @@ pub enum Endpoint {
     /// vLLM's `/pooling` and `/classify` (pooling and classification models).
     Pooling,
     Classify,
+    /// OpenAI's Responses API (`POST /v1/responses`); the stored responses it creates are
+    /// reached by id ([`Route::StoredResponse`]).
+    Responses,
+    /// Anthropic's Messages API, as vLLM serves it: `/v1/messages` and
+    /// `/v1/messages/count_tokens`.
+    Messages,
+    CountTokens,
+    /// Any other `POST /v1/...` whose JSON body names a model: forwarded as it is, so a
+    /// new engine endpoint works without a router release.
+    Other,
 }
 
 impl Endpoint {
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/v1/chat/completions",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-            Endpoint::Rerank => "/v1/rerank",
-            Endpoint::Tokenize => "/tokenize",
-            Endpoint::Detokenize => "/detokenize",
-            Endpoint::Score => "/v1/score",
-            Endpoint::Pooling => "/pooling",
-            Endpoint::Classify => "/classify",
-        }
-    }
-
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -49,6 +45,10 @@ impl Endpoint {
             Endpoint::Score => "score",
             Endpoint::Pooling => "pooling",
             Endpoint::Classify => "classify",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
+            Endpoint::Other => "other",
         }
     }
 
@@ -62,18 +62,43 @@ impl Endpoint {
             Endpoint::Tokenize | Endpoint::Detokenize => "tokenize",
             Endpoint::Score => "score",
             Endpoint::Pooling | Endpoint::Classify => "pooling",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages | Endpoint::CountTokens => "messages",
+            Endpoint::Other => "other",
         }
     }
 
-    /// Chat or completions: requests that generate (and fill an engine's prefix cache).
+    /// Requests that generate text (and fill an engine's prefix cache): their completion
+    /// is reserved against token limits and they get the principal's cache salt.
     pub fn generates(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ChatCompletions
+                | Endpoint::Completions
+                | Endpoint::Responses
+                | Endpoint::Messages
+        )
+    }
+
+    /// OpenAI's streaming `usage` chunk on request (`stream_options.include_usage`): chat
+    /// and completions only (the Responses and Messages streams report usage in their
+    /// last events anyway, and have no `stream_options`).
+    pub fn has_stream_options(self) -> bool {
         matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
     }
 
-    /// Whether the engine schedules it (and so takes a `priority`): everything but the
-    /// tokenizer endpoints, which vLLM answers outside its scheduler.
-    pub fn scheduled(self) -> bool {
-        !matches!(self, Endpoint::Tokenize | Endpoint::Detokenize)
+    /// Whether vLLM takes a `priority` in this body: the OpenAI endpoints its scheduler
+    /// runs, not the tokenizer ones (answered outside the scheduler), not Anthropic's
+    /// (a different request schema) and not unknown ones.
+    pub fn takes_priority(self) -> bool {
+        !matches!(
+            self,
+            Endpoint::Tokenize
+                | Endpoint::Detokenize
+                | Endpoint::Messages
+                | Endpoint::CountTokens
+                | Endpoint::Other
+        )
     }
 
     /// Whether a model of `kind` can answer this endpoint. LLM engines may serve
@@ -86,9 +111,15 @@ impl Endpoint {
             Endpoint::Rerank | Endpoint::Score => kind != ModelKind::Embedding,
             // Served by vLLM only (the router's own embedding service has no tokenizer
             // endpoints and no pooling API).
-            Endpoint::Tokenize | Endpoint::Detokenize | Endpoint::Pooling | Endpoint::Classify => {
-                kind == ModelKind::Llm
-            }
+            Endpoint::Tokenize
+            | Endpoint::Detokenize
+            | Endpoint::Pooling
+            | Endpoint::Classify
+            | Endpoint::Responses
+            | Endpoint::Messages
+            | Endpoint::CountTokens => kind == ModelKind::Llm,
+            // Whatever it is, the engine decides.
+            Endpoint::Other => true,
         }
     }
 }
@@ -101,6 +132,9 @@ pub enum Route {
     /// `/v1/models/{id}`: the id is the rest of the path.
     Model,
     Inference(Endpoint),
+    /// `GET`/`DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`: sent to the
+    /// instance that created the response (the rest of the path is `{id}[/cancel]`).
+    StoredResponse,
 }
 
 /// The public port's table. Model ids may contain '/', e.g. "Qwen/Qwen3-0.6B".
@@ -129,6 +163,18 @@ pub fn table() -> Routes<Route> {
         .post("/score", Route::Inference(Endpoint::Score))
         .post("/pooling", Route::Inference(Endpoint::Pooling))
         .post("/classify", Route::Inference(Endpoint::Classify))
+        .post("/v1/responses", Route::Inference(Endpoint::Responses))
+        .under(
+            "/v1/responses/",
+            Methods::READ.and(Methods::POST).and(Methods::DELETE),
+            Route::StoredResponse,
+        )
+        .post("/v1/messages", Route::Inference(Endpoint::Messages))
+        .post(
+            "/v1/messages/count_tokens",
+            Route::Inference(Endpoint::CountTokens),
+        )
+        .post_fallback("/v1/", Route::Inference(Endpoint::Other))
 }
 
 #[cfg(test)]
@@ -165,7 +211,20 @@ mod tests {
                 "{path}"
             );
         }
-        assert!(!Endpoint::Tokenize.scheduled() && Endpoint::Score.scheduled());
+        assert!(!Endpoint::Tokenize.takes_priority() && Endpoint::Score.takes_priority());
+        assert!(!Endpoint::Messages.has_stream_options() && Endpoint::Messages.generates());
+        assert_eq!(
+            route("POST", "/v1/messages/count_tokens").unwrap().0,
+            Route::Inference(Endpoint::CountTokens)
+        );
+        assert_eq!(
+            route("POST", "/v1/audio/speech").unwrap().0,
+            Route::Inference(Endpoint::Other)
+        );
+        assert_eq!(
+            route("DELETE", "/v1/responses/resp_1").unwrap(),
+            (Route::StoredResponse, "resp_1".to_string())
+        );
         assert!(!Endpoint::Pooling.accepts(ModelKind::Embedding));
         assert_eq!(
             route("GET", "/v1/models/Qwen/Qwen3-0.6B").unwrap(),
@@ -181,6 +240,7 @@ mod tests {
         );
         assert_eq!(route("POST", "/v1/models").unwrap_err().status, 405);
         assert_eq!(route("POST", "/v2/whatever").unwrap_err().status, 404);
+        assert_eq!(route("GET", "/v1/whatever").unwrap_err().status, 404);
         assert_eq!(route("GET", "/").unwrap_err().status, 404);
     }
 }

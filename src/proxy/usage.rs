@@ -1,6 +1,11 @@
 //! The engine's `usage` (prompt and completion tokens) read from its answer as it
 //! streams past: from a JSON body, or from the `data:` line of an event stream that
-//! carries it (vLLM's last chunk with `stream_options.include_usage`).
+//! carries it (vLLM's last chunk with `stream_options.include_usage`). Three APIs name
+//! it: OpenAI's chat and completions (`usage: {prompt_tokens, completion_tokens}`), its
+//! Responses API (`input_tokens`, `output_tokens`; in a stream, under the `response` of
+//! `response.completed`) and Anthropic's Messages (`input_tokens`, `output_tokens`; in a
+//! stream, under the `message` of `message_start`, then the top-level `usage` of
+//! `message_delta`, whose count is the final one).
 //!
 //! The scanner sees the stream in whatever pieces the network delivers, so a line may
 //! be split anywhere (inside `"usage"`, between `\r` and `\n`); it keeps the unfinished
@@ -24,21 +29,38 @@ pub struct Usage {
 struct UsageProbe {
     #[serde(default)]
     usage: Option<UsageFields>,
+    /// A Responses API stream's `response.completed` event.
+    #[serde(default)]
+    response: Option<Nested>,
+    /// An Anthropic stream's `message_start` event.
+    #[serde(default)]
+    message: Option<Nested>,
+}
+
+#[derive(Deserialize)]
+struct Nested {
+    #[serde(default)]
+    usage: Option<UsageFields>,
 }
 
 #[derive(Deserialize)]
 struct UsageFields {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: Option<u64>,
 }
 
 impl Usage {
-    /// Takes the counts of a JSON document's top-level `usage`, if it has one; a later
-    /// report overrides an earlier one field by field.
+    /// Takes the counts of a JSON document's `usage` (top-level, or of the response or
+    /// message an event carries), if it has one; a later report overrides an earlier one
+    /// field by field.
     pub fn take_json(&mut self, json: &[u8]) {
-        if let Ok(UsageProbe { usage: Some(u) }) = serde_json::from_slice::<UsageProbe>(json) {
+        let Ok(p) = serde_json::from_slice::<UsageProbe>(json) else {
+            return;
+        };
+        let nested = |n: Option<Nested>| n.and_then(|n| n.usage);
+        if let Some(u) = p.usage.or(nested(p.response)).or(nested(p.message)) {
             self.prompt_tokens = u.prompt_tokens.or(self.prompt_tokens);
             self.completion_tokens = u.completion_tokens.or(self.completion_tokens);
         }
@@ -200,6 +222,26 @@ data: [DONE]\n\n";
             whole(b"event: {\"usage\":{\"prompt_tokens\":3}}\n"),
             Usage::default()
         );
+    }
+
+    #[test]
+    fn the_responses_and_anthropic_shapes_count() {
+        let mut u = Usage::default();
+        u.take_json(
+            br#"{"id":"resp_1","usage":{"input_tokens":9,"output_tokens":4,"total_tokens":13}}"#,
+        );
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(9), Some(4)));
+        let anthropic = b"event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":6}}\n\n";
+        let u = whole(anthropic);
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(11), Some(6)));
+        let responses = b"data: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":2,\"output_tokens\":3}}}\n\n";
+        let u = whole(responses);
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(2), Some(3)));
     }
 
     #[test]

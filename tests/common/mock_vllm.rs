@@ -1,14 +1,17 @@
 //! A mock vLLM server speaking real HTTP on a loopback port chosen by the OS.
 //!
 //! It answers `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` in vLLM's
-//! shapes (JSON, or SSE with `"stream": true`), any other path with an echo of what it
-//! received (path, content type, body), `/metrics` in vLLM V1 text format with
+//! shapes (JSON, or SSE with `"stream": true`), the Responses API and Anthropic's Messages
+//! API (`mock_apis.rs`), any other POST path with an echo of what it received (path,
+//! content type, body) unless it was marked unserved (then FastAPI's 404
+//! `{"detail": "Not Found"}`, as for any non-POST), `/metrics` in vLLM V1 text format with
 //! settable gauges, and `/health`. Knobs (all live): number of SSE chunks, delay between
 //! chunks, delay before the response header (prefill), a forced status. Counters:
 //! requests received, the last body and headers, streams completed and streams aborted
 //! because the client (the router) went away.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +25,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures_util::stream;
 use serde_json::{json, Value};
+
+#[path = "mock_apis.rs"]
+mod apis;
 
 #[derive(Default)]
 pub struct MockState {
@@ -47,6 +53,10 @@ pub struct MockState {
     /// As an engine's `max_num_seqs`: at most this many requests run at once, the rest
     /// wait first come, first served (before their prefill). `None`: no limit.
     pub max_running: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Stored responses (Responses API) by id.
+    pub responses: Mutex<HashMap<String, Value>>,
+    /// POST paths answered with FastAPI's 404, as by an engine that does not serve them.
+    pub unserved: Mutex<Vec<String>>,
 }
 
 pub struct MockVllm {
@@ -78,6 +88,7 @@ impl MockVllm {
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .route("/metrics", get(metrics))
+            .merge(apis::routes())
             .fallback(echo)
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(state)
@@ -150,6 +161,22 @@ impl MockVllm {
     /// At most `n` requests run at once; the rest wait their turn (FIFO).
     pub fn set_max_running(&self, n: usize) {
         *self.state.max_running.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(n)));
+    }
+
+    /// POSTs to `path` get FastAPI's 404 from now on.
+    pub fn set_unserved(&self, path: &str) {
+        self.state.unserved.lock().unwrap().push(path.to_string());
+    }
+
+    /// The ids of the stored responses this instance holds.
+    pub fn stored_responses(&self) -> Vec<String> {
+        self.state
+            .responses
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn force_status(&self, status: u16) {
@@ -366,7 +393,8 @@ async fn echo(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if method != axum::http::Method::POST {
+    let unserved = s.unserved.lock().unwrap().iter().any(|p| p == uri.path());
+    if method != axum::http::Method::POST || unserved {
         return (
             StatusCode::NOT_FOUND,
             axum::Json(json!({"detail": "Not Found"})),

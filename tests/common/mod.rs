@@ -238,3 +238,19 @@ pub fn model_ids(list: &serde_json::Value) -> Vec<&str> {
         .map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect())
         .unwrap_or_default()
 }
+
+/// Asserts the OpenAI error shape and returns the `error` object.
+pub async fn expect_error(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let e = v["error"].clone();
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e["code"].is_string(), "{v}");
+    assert!(e.get("param").is_some(), "{v}");
+    e
+}

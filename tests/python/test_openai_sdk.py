@@ -133,6 +133,24 @@ def test_chat_streaming(client):
     assert usage is not None and usage.completion_tokens == 8
 
 
+def test_responses_created_streamed_retrieved_and_deleted(client):
+    r = client.responses.create(model="chat-model", input="hello", max_output_tokens=8)
+    assert r.output_text == "".join(f"tok{i} " for i in range(8))
+    assert r.usage.output_tokens == 8
+    # Reached by id (and continued) on the instance that holds it, whichever that is.
+    assert client.responses.retrieve(r.id).id == r.id
+    follow = client.responses.create(model="chat-model", input="more", previous_response_id=r.id)
+    assert follow.previous_response_id == r.id
+    events = list(client.responses.create(model="chat-model", input="hi", stream=True))
+    assert events[0].type == "response.created"
+    assert events[-1].type == "response.completed"
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == r.output_text
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)
+
+
 def test_completions(client):
     r = client.completions.create(model="chat-model", prompt="Say hi", max_tokens=8)
     assert r.choices[0].text.startswith("tok0")

@@ -1,0 +1,301 @@
+//! The engine endpoints beyond chat, completions and embeddings, end to end against mock
+//! engines: the Responses API (stored responses reached on their instance), Anthropic's
+//! Messages API (its error shape included), any other `POST /v1/...` naming a model, an
+//! engine's "no such path" 404, and the answer's `x-llm-router-*` receipt.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_error, instances, wait_for, MockVllm, RouterProc};
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Fast polling, so that scraped gauges are seen within a few hundred ms.
+const FAST: &str = "balancer:\n  poll_interval_s: 0.1\n";
+
+/// Model `m` (engine name `org/M`) on `mocks`, instance ids `a`, `b`, ...
+async fn router(mocks: &[&MockVllm], extra: &str) -> RouterProc {
+    let ids = ["a", "b", "c"];
+    let list: Vec<(&str, u16)> = mocks
+        .iter()
+        .zip(ids)
+        .map(|(m, id)| (id, m.port()))
+        .collect();
+    RouterProc::start(&format!(
+        "LLM_engines:\n  m:\n    instances:\n{}    model_config:\n      model_tag: org/M\n{extra}",
+        instances(&list)
+    ))
+    .await
+}
+
+async fn send(
+    r: &RouterProc,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new().request(method, r.url(path));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap()
+}
+
+fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The SSE `data:` payloads of a streamed answer.
+async fn events(resp: reqwest::Response) -> Vec<String> {
+    let mut text = String::new();
+    let mut body = resp.bytes_stream();
+    while let Some(c) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&c.unwrap()));
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_names_the_instance_and_model_that_answered() {
+    let (a, b) = (MockVllm::start("a").await, MockVllm::start("b").await);
+    let r = router(&[&a, &b], "").await;
+    let chat = |stream: bool| json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream});
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..20 {
+        let resp = send(
+            &r,
+            Method::POST,
+            "/v1/chat/completions",
+            Some(chat(i % 2 == 0)),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "x-llm-router-model"), "m");
+        let inst = header(&resp, "x-llm-router-instance").to_string();
+        assert!(inst == "a" || inst == "b", "{inst}");
+        seen.insert(inst);
+        let _ = resp.bytes().await;
+    }
+    assert_eq!(seen.len(), 2, "both instances answered and were named");
+    // The router's own answers name no instance.
+    let resp = send(&r, Method::GET, "/v1/models", None).await;
+    assert!(resp.headers().get("x-llm-router-instance").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_responses_are_reached_on_the_instance_that_made_them() {
+    let (a, b) = (MockVllm::start("a").await, MockVllm::start("b").await);
+    let r = router(&[&a, &b], FAST).await;
+    let create = json!({"model": "m", "input": "hello", "max_output_tokens": 8});
+    let resp = send(&r, Method::POST, "/v1/responses", Some(create.clone())).await;
+    assert_eq!(resp.status(), 200);
+    let home = header(&resp, "x-llm-router-instance").to_string();
+    let made: Value = resp.json().await.unwrap();
+    let id = made["id"].as_str().unwrap().to_string();
+    assert_eq!(made["instance"], home.as_str());
+    let (home_mock, other) = if home == "a" { (&a, &b) } else { (&b, &a) };
+    assert_eq!(home_mock.last_json()["model"], "org/M");
+    // The home gets busy: the balancer now sends new work to the other instance...
+    home_mock.set_gauges(8, 40, 0.9);
+    wait_for(
+        "the busy home scraped",
+        Duration::from_secs(5),
+        async || {
+            r.instances()
+                .await
+                .iter()
+                .any(|i| i["id"] == home.as_str() && i["waiting"] == 40.0)
+        },
+    )
+    .await;
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let resp = send(&r, Method::POST, "/v1/chat/completions", Some(chat)).await;
+    assert_ne!(header(&resp, "x-llm-router-instance"), home);
+    // ...but everything about the stored response still goes to its home.
+    for _ in 0..5 {
+        let resp = send(&r, Method::GET, &format!("/v1/responses/{id}"), None).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "x-llm-router-instance"), home);
+        let got: Value = resp.json().await.unwrap();
+        assert_eq!(got["id"], id.as_str());
+        let mut follow = create.clone();
+        follow["previous_response_id"] = json!(id);
+        let resp = send(&r, Method::POST, "/v1/responses", Some(follow)).await;
+        assert_eq!(header(&resp, "x-llm-router-instance"), home);
+        let got: Value = resp.json().await.unwrap();
+        assert_eq!(got["previous_response_id"], id.as_str());
+    }
+    let resp = send(
+        &r,
+        Method::POST,
+        &format!("/v1/responses/{id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["status"], "cancelled");
+    let resp = send(&r, Method::DELETE, &format!("/v1/responses/{id}"), None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["deleted"], true);
+    // Deleted: forgotten, answered by the router without asking an engine.
+    let asked = a.requests() + b.requests();
+    let e = expect_error(
+        send(&r, Method::GET, &format!("/v1/responses/{id}"), None).await,
+        404,
+    )
+    .await;
+    assert_eq!(e["code"], "response_not_found");
+    let e = expect_error(
+        send(&r, Method::GET, "/v1/responses/resp_never", None).await,
+        404,
+    )
+    .await;
+    assert_eq!(e["code"], "response_not_found");
+    assert_eq!(a.requests() + b.requests(), asked);
+    // A path under /v1/responses/ that is none of the routes.
+    let e = expect_error(
+        send(&r, Method::POST, &format!("/v1/responses/{id}"), None).await,
+        404,
+    )
+    .await;
+    assert_eq!(e["code"], "unknown_url");
+    assert!(other.stored_responses().iter().all(|s| s != &id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_is_remembered_from_its_first_event() {
+    let a = MockVllm::start("a").await;
+    a.set_sse(4, 0);
+    let r = router(&[&a], "").await;
+    let create = json!({"model": "m", "input": "hello", "stream": true});
+    let resp = send(&r, Method::POST, "/v1/responses", Some(create)).await;
+    assert_eq!(resp.status(), 200);
+    let data = events(resp).await;
+    assert_eq!(data.len(), 6, "created, 4 deltas, completed: {data:?}");
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    let id = first["response"]["id"].as_str().unwrap();
+    let resp = send(&r, Method::GET, &format!("/v1/responses/{id}"), None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["id"], id);
+    // Not asked for `stream_options` (the Responses API has none).
+    assert!(a.last_json().get("stream_options").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_messages_pass_through_with_anthropic_errors() {
+    let a = MockVllm::start("a").await;
+    let r = router(&[&a], "").await;
+    let msg = |model: &str, stream: bool| {
+        json!({"model": model, "max_tokens": 16, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let resp = send(&r, Method::POST, "/v1/messages", Some(msg("m", false))).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(a.last_json()["model"], "org/M");
+    assert!(a.last_json().get("stream_options").is_none());
+    let resp = send(&r, Method::POST, "/v1/messages", Some(msg("m", true))).await;
+    let data = events(resp).await;
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["type"], "message_stop");
+    let resp = send(
+        &r,
+        Method::POST,
+        "/v1/messages/count_tokens",
+        Some(msg("m", false)),
+    )
+    .await;
+    assert_eq!(resp.json::<Value>().await.unwrap()["input_tokens"], 3);
+    // The router's own errors on these paths are Anthropic's shape.
+    for (body, status, kind) in [
+        (Some(msg("nope", false)), 404, "not_found_error"),
+        (Some(json!({"max_tokens": 1})), 400, "invalid_request_error"),
+        (None, 400, "invalid_request_error"),
+    ] {
+        let resp = send(&r, Method::POST, "/v1/messages", body).await;
+        assert_eq!(resp.status().as_u16(), status);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], kind, "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let resp = send(&r, Method::GET, "/v1/messages", None).await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.json::<Value>().await.unwrap()["type"], "error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_other_v1_post_naming_a_model_is_forwarded() {
+    let a = MockVllm::start("a").await;
+    a.set_unserved("/v1/not/served");
+    let r = router(&[&a], "").await;
+    let body = json!({"model": "m", "input": "say it", "voice": "x"});
+    let resp = send(&r, Method::POST, "/v1/audio/speech", Some(body.clone())).await;
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["path"], "/v1/audio/speech");
+    let mut expected = body.clone();
+    expected["model"] = json!("org/M");
+    let got: Value = serde_json::from_str(echo["body"].as_str().unwrap()).unwrap();
+    assert_eq!(got, expected);
+    let asked = a.requests();
+    // Without a JSON body naming a model there is nothing to route by: no such path.
+    for bad in [json!({"input": "x"}), json!([1, 2])] {
+        let e = expect_error(
+            send(&r, Method::POST, "/v1/audio/speech", Some(bad)).await,
+            404,
+        )
+        .await;
+        assert_eq!(e["code"], "unknown_url");
+    }
+    let e = expect_error(
+        send(&r, Method::POST, "/v1/x", Some(json!({"model": "nope"}))).await,
+        404,
+    )
+    .await;
+    assert_eq!(e["code"], "model_not_found");
+    let e = expect_error(send(&r, Method::GET, "/v1/audio/speech", None).await, 404).await;
+    assert_eq!(e["code"], "unknown_url");
+    assert_eq!(a.requests(), asked);
+    // The engine does not serve the path: its FastAPI 404 becomes the router's own.
+    let resp = send(
+        &r,
+        Method::POST,
+        "/v1/not/served",
+        Some(json!({"model": "m"})),
+    )
+    .await;
+    assert_eq!(header(&resp, "x-llm-router-instance"), "");
+    let e = expect_error(resp, 404).await;
+    assert_eq!(e["code"], "unknown_url");
+    assert!(e["message"].as_str().unwrap().contains("/v1/not/served"));
+    // An API error's 404 (a stored response the engine lost) passes as it is.
+    let resp = send(
+        &r,
+        Method::POST,
+        "/v1/responses",
+        Some(json!({"model": "m", "input": "x"})),
+    )
+    .await;
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.state.responses.lock().unwrap().clear();
+    let resp = send(&r, Method::GET, &format!("/v1/responses/{id}"), None).await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(header(&resp, "x-llm-router-instance"), "a");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 404, "the engine's own error: {v}");
+}
