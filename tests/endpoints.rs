@@ -299,3 +299,105 @@ async fn any_other_v1_post_naming_a_model_is_forwarded() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], 404, "the engine's own error: {v}");
 }
+
+/// Models `p` (on `primary`, instance `p1`, alias `gpt-4o-mini`, fallback `f`) and `f`
+/// (on `fallback`, instance `f1`).
+async fn primary_and_fallback(primary: &MockVllm, fallback: &MockVllm) -> RouterProc {
+    RouterProc::start(&format!(
+        "LLM_engines:\n  p:\n    instances: [{{id: p1, host: 127.0.0.1, port: {}, managed: false}}]\n    model_config: {{model_tag: org/P}}\n    aliases: [gpt-4o-mini]\n    fallback: [f]\n  f:\n    instances: [{{id: f1, host: 127.0.0.1, port: {}, managed: false}}]\n    model_config: {{model_tag: org/F}}\n{FAST}  cooldown_s: 30\n",
+        primary.port(),
+        fallback.port()
+    ))
+    .await
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_are_listed_with_their_parent_and_answer_as_the_model() {
+    let (p, f) = (MockVllm::start("p").await, MockVllm::start("f").await);
+    let r = primary_and_fallback(&p, &f).await;
+    let list = r.get_json("/v1/models").await;
+    let cards: Vec<(&str, &Value, &str)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap(),
+                &c["parent"],
+                c["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cards,
+        [
+            ("p", &Value::Null, "ready"),
+            ("gpt-4o-mini", &json!("p"), "ready"),
+            ("f", &Value::Null, "ready")
+        ]
+    );
+    let card = r.get_json("/v1/models/gpt-4o-mini").await;
+    assert_eq!(
+        (card["id"].as_str(), card["parent"].as_str()),
+        (Some("gpt-4o-mini"), Some("p"))
+    );
+    let resp = send(
+        &r,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(chat("gpt-4o-mini")),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-llm-router-model"), "p");
+    assert_eq!(p.last_json()["model"], "org/P");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_takes_what_the_primary_cannot_and_nothing_it_answered() {
+    let (p, f) = (MockVllm::start("p").await, MockVllm::start("f").await);
+    let r = primary_and_fallback(&p, &f).await;
+    let resp = send(&r, Method::POST, "/v1/chat/completions", Some(chat("p"))).await;
+    assert_eq!(
+        (resp.status().as_u16(), header(&resp, "x-llm-router-model")),
+        (200, "p")
+    );
+    // The primary answered (with an error): that answer stands.
+    p.force_status(500);
+    let resp = send(&r, Method::POST, "/v1/chat/completions", Some(chat("p"))).await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(f.requests(), 0);
+    // Now cooling down after that 500: the fallback takes the next request...
+    let resp = send(&r, Method::POST, "/v1/chat/completions", Some(chat("p"))).await;
+    assert_eq!(
+        (resp.status().as_u16(), header(&resp, "x-llm-router-model")),
+        (200, "f")
+    );
+    assert_eq!(header(&resp, "x-llm-router-instance"), "f1");
+    assert_eq!(f.last_json()["model"], "org/F");
+    // ...and when the primary is gone altogether (down: its checks fail).
+    p.stop();
+    wait_for("the primary down", Duration::from_secs(10), async || {
+        let list = r.get_json("/v1/models").await;
+        list["data"][0]["status"] == "down"
+    })
+    .await;
+    for _ in 0..3 {
+        let resp = send(
+            &r,
+            Method::POST,
+            "/v1/chat/completions",
+            Some(chat("gpt-4o-mini")),
+        )
+        .await;
+        assert_eq!(
+            (resp.status().as_u16(), header(&resp, "x-llm-router-model")),
+            (200, "f")
+        );
+    }
+    assert_eq!(f.requests(), 4);
+}

@@ -134,9 +134,34 @@ pub struct Model {
     pub opts: Arc<BalancerOptions>,
     pub instances: Vec<Arc<Instance>>,
     pub lb: Arc<LoadBalancer<ScoreSelection>>,
+    /// Configured other names (`aliases`).
+    pub aliases: Vec<String>,
+    /// Configured models to try when none of this one's instances can take a request.
+    pub fallback: Vec<String>,
 }
 
 impl Model {
+    /// `ready` when some instance is healthy, else `starting` when one is starting, else
+    /// `down` (all down or cooling down): the model's `status` in `/v1/models`.
+    pub fn status(&self) -> &'static str {
+        let states: Vec<State> = self.instances.iter().map(|i| i.snapshot().state).collect();
+        if states.contains(&State::Healthy) {
+            "ready"
+        } else if states.contains(&State::Starting) {
+            "starting"
+        } else {
+            "down"
+        }
+    }
+
+    /// Whether some instance can take a request now (healthy): else its fallbacks are
+    /// tried first.
+    pub fn can_serve(&self) -> bool {
+        self.instances
+            .iter()
+            .any(|i| i.snapshot().state == State::Healthy)
+    }
+
     /// The best instance not in `tried` (indices), per the model's policy; `key` is the
     /// session-affinity key (empty: none).
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<Arc<Instance>> {
@@ -185,12 +210,18 @@ impl Registry {
         for m in &config.models {
             models.insert(m.name.clone(), Arc::new(build_model(m, &config.router)?));
         }
-        // Clients may also address an LLM by its `model_tag` (what vLLM calls it), as long
-        // as that is not ambiguous.
+        // Configured aliases (checked unique), then: clients may also address an LLM by
+        // its `model_tag` (what vLLM calls it), as long as that is not ambiguous.
         let mut aliases = IndexMap::new();
+        for m in &config.models {
+            for a in &m.aliases {
+                aliases.insert(a.clone(), m.name.clone());
+            }
+        }
         for m in &config.models {
             if let Some(tag) = &m.model_tag {
                 let taken = models.contains_key(tag)
+                    || aliases.contains_key(tag)
                     || config
                         .models
                         .iter()
@@ -304,6 +335,8 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
         opts,
         instances,
         lb: Arc::new(lb),
+        aliases: m.aliases.clone(),
+        fallback: m.fallback.clone(),
     })
 }
 

@@ -434,6 +434,13 @@ pub struct ModelConfig {
     /// Sent to the engine as `Authorization: Bearer` (`api_key` / `api_key_env`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
+    /// Other names clients may use (`aliases`; listed in `/v1/models` with `parent`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Models (configured names, same kind) a request goes to, in order, when no
+    /// instance of this one can take it before the first byte (`fallback`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
 }
 
 /// A secret of the config: shown as `<redacted>` by `check` and in logs.

@@ -114,6 +114,12 @@ pub struct RawLlmModel {
     /// The environment variable (of the router) holding that key.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Other names clients may use for this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Models tried in order when none of this one's instances can take a request.
+    #[serde(default)]
+    pub fallback: Vec<String>,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }

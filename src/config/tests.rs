@@ -406,3 +406,39 @@ LLM_engines:
         assert!(errs.contains(want), "{want}: {errs}");
     }
 }
+
+#[test]
+fn aliases_and_fallbacks_are_checked() {
+    let model = |name: &str, port: u16, extra: &str| {
+        format!("  {name}:\n    instances: [{{id: {name}1, host: localhost, port: {port}}}]\n    model_config: {{model_tag: org/{name}}}\n{extra}")
+    };
+    let ok = format!(
+        "LLM_engines:\n{}{}",
+        model("a", 8001, "    aliases: [gpt-4o-mini]\n    fallback: [b]\n"),
+        model("b", 8002, "")
+    );
+    let c = load(&ok).unwrap();
+    assert_eq!(c.model("a").unwrap().aliases, ["gpt-4o-mini"]);
+    assert_eq!(c.model("a").unwrap().fallback, ["b"]);
+    let bad = format!(
+        "LLM_engines:\n{}{}{}",
+        model(
+            "a",
+            8001,
+            "    aliases: [b, x, '']\n    fallback: [a, nope, b]\n"
+        ),
+        model("b", 8002, "    aliases: [x]\n    fallback: [c]\n"),
+        model("c", 8003, "    fallback: [b]\n")
+    );
+    let e = errors(&bad).join("\n");
+    for want in [
+        "LLM_engines.a.aliases[0]: `b` is the name of a configured model",
+        "LLM_engines.a.aliases[2]: must not be empty",
+        "LLM_engines.b.aliases[0]: `x` is already an alias of model `a`",
+        "LLM_engines.a.fallback[0]: a model cannot be its own fallback",
+        "LLM_engines.a.fallback[1]: `nope` is not a configured model",
+        "LLM_engines.b.fallback: fallbacks form a cycle: b -> c -> b",
+    ] {
+        assert!(e.contains(want), "missing `{want}` in:\n{e}");
+    }
+}

@@ -200,6 +200,7 @@ pub(super) fn resolve(raw: RawFile, file: &Path) -> Result<Config, ConfigErrors>
         );
     }
     check_unique(&mut c, &models);
+    check_aliases_and_fallbacks(&mut c, &models);
     let auth = super::access::resolve_auth(&mut c, raw.auth, &supervisor.run_dir);
     let request_policy = super::access::resolve_request_policy(&mut c, &raw.admission);
     let tokens = super::access::resolve_tokens(&mut c, &raw.admission);
@@ -287,6 +288,8 @@ fn resolve_llm(
         instances,
         engine_flags: m.model_config.flags,
         embed: None,
+        aliases: m.aliases,
+        fallback: m.fallback,
     }
 }
 
@@ -815,6 +818,8 @@ fn embed_model(
         model_tag: m.model_name,
         engine_flags: Default::default(),
         api_key: None,
+        aliases: Vec::new(),
+        fallback: Vec::new(),
         embed: Some(EmbedModelSettings {
             model_path: c.path(&m.model_path).display().to_string(),
             tokenizer_path: m.tokenizer_path.map(|t| c.path(&t).display().to_string()),
@@ -859,6 +864,75 @@ fn embed_server_options(
 }
 
 /// Model names, instance ids and listen addresses must each be unique.
+/// Aliases are names of their own (not a model's, not another alias); a fallback names
+/// another configured model of the same kind, and no chain of fallbacks comes back to
+/// where it started.
+fn check_aliases_and_fallbacks(c: &mut Checker<'_>, models: &[ModelConfig]) {
+    let by_name: HashMap<&str, &ModelConfig> =
+        models.iter().map(|m| (m.name.as_str(), m)).collect();
+    let mut aliases: HashMap<&str, &str> = HashMap::new();
+    for m in models {
+        for (i, a) in m.aliases.iter().enumerate() {
+            let key = format!("LLM_engines.{}.aliases[{i}]", m.name);
+            if a.trim().is_empty() {
+                c.err(key, "must not be empty");
+            } else if by_name.contains_key(a.as_str()) {
+                c.err(key, format!("`{a}` is the name of a configured model"));
+            } else if let Some(other) = aliases.insert(a, &m.name) {
+                c.err(key, format!("`{a}` is already an alias of model `{other}`"));
+            }
+        }
+        for (i, f) in m.fallback.iter().enumerate() {
+            let key = format!("LLM_engines.{}.fallback[{i}]", m.name);
+            match by_name.get(f.as_str()) {
+                None => c.err(key, format!("`{f}` is not a configured model")),
+                Some(_) if *f == m.name => c.err(key, "a model cannot be its own fallback"),
+                Some(o) if o.kind != m.kind => c.err(
+                    key,
+                    format!(
+                        "`{f}` is a {:?} model; a fallback must be of the same kind",
+                        o.kind
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    for m in models {
+        if let Some(path) = fallback_cycle(&by_name, &m.name) {
+            c.err(
+                format!("LLM_engines.{}.fallback", m.name),
+                format!("fallbacks form a cycle: {}", path.join(" -> ")),
+            );
+        }
+    }
+}
+
+/// A chain of fallbacks from `start` back to `start`, if there is one.
+fn fallback_cycle<'a>(
+    by_name: &HashMap<&str, &'a ModelConfig>,
+    start: &'a str,
+) -> Option<Vec<&'a str>> {
+    let mut stack: Vec<Vec<&'a str>> = vec![vec![start]];
+    while let Some(path) = stack.pop() {
+        let last = *path.last().expect("never empty");
+        let Some(m) = by_name.get(last) else { continue };
+        for f in &m.fallback {
+            if f == start {
+                let mut cycle = path.clone();
+                cycle.push(start);
+                return Some(cycle);
+            }
+            if !path.contains(&f.as_str()) {
+                let mut next = path.clone();
+                next.push(f.as_str());
+                stack.push(next);
+            }
+        }
+    }
+    None
+}
+
 fn check_unique(c: &mut Checker<'_>, models: &[ModelConfig]) {
     let mut names: HashMap<&str, ()> = HashMap::new();
     let mut ids: HashMap<&str, &str> = HashMap::new();

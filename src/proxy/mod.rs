@@ -208,7 +208,10 @@ impl Router {
                 self.may_call(session, ctx, "models")?;
                 let data: Vec<_> = self
                     .visible_models(principal)
-                    .map(|m| self.model_card(m))
+                    .flat_map(|m| {
+                        let names = std::iter::once(&m.name).chain(&m.aliases);
+                        names.map(|id| self.model_card(m, id))
+                    })
                     .collect();
                 let body = json!({ "object": "list", "data": data });
                 self.fill_rate_headers(ctx);
@@ -218,7 +221,12 @@ impl Router {
             Route::Model => {
                 self.may_call(session, ctx, "models")?;
                 let m = self.allowed_model(session, ctx, found.rest)?;
-                let card = self.model_card(m).to_string().into();
+                let id = if m.aliases.iter().any(|a| a == found.rest) {
+                    found.rest
+                } else {
+                    &m.name
+                };
+                let card = self.model_card(m, id).to_string().into();
                 self.fill_rate_headers(ctx);
                 write_json(session, 200, card, &ctx.rate_headers).await;
                 Ok(())
@@ -376,13 +384,61 @@ impl Router {
         let model = self.allowed_model(session, ctx, &info.model)?;
         ctx.model = Some(model.name.clone());
         serves(model, endpoint, session.req_header().uri.path())?;
+        let order = self.fallback_order(model, ctx.principal.as_deref());
+        for (i, m) in order.iter().enumerate() {
+            match self.send_to(session, ctx, m, endpoint, &info, &body).await {
+                Err(e) if i + 1 < order.len() && falls_back(&e) && !response_started(session) => {
+                    // Nothing reached an engine: the attempt costs nothing.
+                    ctx.outcome.settle(false);
+                    ctx.outcome.charged = None;
+                    ctx.outcome
+                        .failovers
+                        .push(format!("{}: {}", m.name, e.code));
+                }
+                r => return r,
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a request for `model` is tried, in order: the model and its `fallback`
+    /// models (those the principal may use) that have a healthy instance now; when none
+    /// has, the model alone (its own 503 says why).
+    fn fallback_order<'a>(&'a self, model: &'a Model, p: Option<&Principal>) -> Vec<&'a Model> {
+        let chain = std::iter::once(model).chain(
+            model
+                .fallback
+                .iter()
+                .filter_map(|f| self.registry.get(f).map(|m| m.as_ref()))
+                .filter(|m| p.is_none_or(|p| p.may_use(&m.name))),
+        );
+        let ready: Vec<&Model> = chain.filter(|m| m.can_serve()).collect();
+        if ready.is_empty() {
+            vec![model]
+        } else {
+            ready
+        }
+    }
+
+    /// One model's turn at a request: the body for its engines, the principal's limits,
+    /// its admission queue, then an instance.
+    async fn send_to(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        model: &Model,
+        endpoint: routes::Endpoint,
+        info: &body::RequestInfo,
+        body: &Bytes,
+    ) -> Result<(), ApiError> {
+        ctx.model = Some(model.name.clone());
         let class = ctx
             .principal
             .as_deref()
             .map_or(Class::Standard, |p| p.class);
         let mut edits = policy::edits(
             &self.policy,
-            &info,
+            info,
             &model.served_name,
             ctx.principal.as_deref(),
             endpoint.generates(),
@@ -400,14 +456,14 @@ impl Router {
         if !self.queue(session, ctx, model).await? {
             return Ok(());
         }
-        let usage_edit = policy::stream_usage(&info, endpoint.has_stream_options())
+        let usage_edit = policy::stream_usage(info, endpoint.has_stream_options())
             .filter(|_| self.limiter.options().inject_stream_usage);
         let strip_usage_event = usage_edit.is_some();
         edits.extend(usage_edit);
-        let key = affinity_key(session, model, &info);
-        let body = body::splice(&body, edits);
+        let key = affinity_key(session, model, info);
+        let body = body::splice(body, edits);
         let principal = ctx.principal.as_deref().map(|p| p.id.as_str());
-        let home = self.home_of_previous(&info, model, principal);
+        let home = self.home_of_previous(info, model, principal);
         let ex = Exchange {
             affinity_key: key.as_bytes(),
             headers: &ctx.rate_headers,
@@ -593,16 +649,24 @@ impl Router {
         ApiError::model_not_found(name, &names)
     }
 
-    fn model_card(&self, m: &Model) -> serde_json::Value {
-        json!({
-            "id": m.name,
+    /// The `/v1/models` entry of `m` under `id` (its name, or an alias: then with
+    /// `parent`, the configured model's name).
+    fn model_card(&self, m: &Model, id: &str) -> serde_json::Value {
+        let mut card = json!({
+            "id": id,
             "object": "model",
             "created": self.started_unix,
             "owned_by": "llm-router",
             "root": m.served_name,
+            "parent": null,
             "kind": m.kind,
+            "status": m.status(),
             "instances": m.instances.len(),
-        })
+        });
+        if id != m.name {
+            card["parent"] = json!(m.name);
+        }
+        card
     }
 }
 
@@ -621,6 +685,13 @@ fn affinity_key(session: &Session, model: &Model, info: &body::RequestInfo) -> S
             .to_string(),
         AffinityKey::BodyUser => info.user.clone().unwrap_or_default(),
     }
+}
+
+/// Whether another model may take a request that `e` refused: no instance was
+/// reachable, or the model's admission queue was full (nothing reached an engine).
+fn falls_back(e: &ApiError) -> bool {
+    e.status == http::StatusCode::SERVICE_UNAVAILABLE
+        && matches!(e.code, "no_instance_available" | "server_overloaded")
 }
 
 /// 400 unless a model of `model`'s kind can answer `endpoint`.

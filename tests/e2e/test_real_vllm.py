@@ -13,8 +13,10 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
+import anthropic
 import openai
 import pytest
 
@@ -187,6 +189,38 @@ def test_openai_sdk_chat_stream_completions(env, client):
     c = client.completions.create(model="tiny", prompt="Hello", max_tokens=8)
     assert c.choices[0].text is not None
     assert [m.id for m in client.models.list()] == ["tiny"]
+
+
+def post_json(url, body):
+    """POST `body` as JSON: (status, parsed answer); an HTTP error's body too."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_tokenizer_and_anthropic_messages_reach_vllm(env):
+    st, t = post_json(env.url("/tokenize"), {"model": "tiny", "prompt": "Hello world"})
+    assert st == 200 and t["count"] == len(t["tokens"]) > 0, t
+    st, d = post_json(env.url("/detokenize"), {"model": "tiny", "tokens": t["tokens"]})
+    assert st == 200 and "Hello world" in d["prompt"], d
+    a = anthropic.Anthropic(base_url=env.url(""), api_key="unused", max_retries=0, timeout=120)
+    hi = [{"role": "user", "content": "hi"}]
+    m = a.messages.create(model="tiny", max_tokens=8, messages=hi)
+    assert m.content and m.usage.output_tokens > 0, m
+    with a.messages.stream(model="tiny", max_tokens=8, messages=hi) as s:
+        parts = list(s.text_stream)
+        final = s.get_final_message()
+    assert parts and final.usage.output_tokens > 0, final
+    with pytest.raises(anthropic.NotFoundError) as e:
+        a.messages.create(model="nope", max_tokens=8, messages=hi)
+    assert e.value.body["error"]["type"] == "not_found_error"
+    # A path vLLM does not serve, naming the model: its FastAPI 404 becomes the router's.
+    st, e = post_json(env.url("/v1/no/such/endpoint"), {"model": "tiny"})
+    assert st == 404 and e["error"]["code"] == "unknown_url", e
 
 
 def generation_tokens(port):
