@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use llm_router::config::RequestLimits;
-use llm_router::proxy::{body, head, usage, usage_event};
+use llm_router::proxy::{body, head, multipart, usage, usage_event};
 use llm_router::scrape::{dialect, prom};
 
 /// The request-body probe and the model splice: a body the probe accepts has its
@@ -39,6 +39,42 @@ pub fn body_probe(data: &[u8]) {
     let info_large = body::inspect(&large).expect("trailing whitespace keeps it valid");
     assert_eq!(info_large, info);
     check_splice(&large, &info_large, "engine-b");
+}
+
+/// The multipart scanner (audio uploads): the first line of the input is the boundary,
+/// the rest the body. A body it accepts has its `model` field's value at the span it
+/// reports, parts in order without overlap, and the model rewrite keeps every other
+/// byte and is found again by the scanner with the new value.
+pub fn multipart(data: &[u8]) {
+    let (boundary, rest) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&b"b"[..], data),
+    };
+    let Ok(boundary) = std::str::from_utf8(boundary) else {
+        return;
+    };
+    if boundary.is_empty() || boundary.contains(['\r', '\n']) {
+        return;
+    }
+    let Ok(parts) = multipart::parts(rest, boundary) else {
+        return;
+    };
+    let mut at = 0;
+    for p in &parts {
+        assert!(at <= p.content.0 && p.content.0 <= p.content.1 && p.content.1 <= rest.len());
+        at = p.content.1;
+    }
+    let Ok(info) = multipart::inspect(rest, boundary) else {
+        return;
+    };
+    let (start, end) = info.model_span;
+    assert_eq!(&rest[start..end], info.model.as_bytes());
+    let body = Bytes::copy_from_slice(rest);
+    let new = body::rewrite_model(&body, &info, "engine-a");
+    assert_eq!(&new[..start], &rest[..start]);
+    assert_eq!(&new[new.len() - (rest.len() - end)..], &rest[end..]);
+    let again = multipart::inspect(&new, boundary).expect("the rewritten form still parses");
+    assert_eq!(again.model, "engine-a");
 }
 
 fn check_splice(body: &Bytes, info: &body::RequestInfo, new: &str) {

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${LLM_ROUTER_CACHE:-$HOME/.cache/llm-router}"
 FUZZ_S="${FUZZ_S:-300}"
-TARGETS="${FUZZ_TARGETS:-body_probe metrics_page sse_usage usage_event request_head}"
+TARGETS="${FUZZ_TARGETS:-body_probe metrics_page sse_usage usage_event request_head multipart}"
 say() { echo "[fuzz] $*"; }
 
 scripts/setup.sh

@@ -401,3 +401,80 @@ async fn a_fallback_takes_what_the_primary_cannot_and_nothing_it_answered() {
     }
     assert_eq!(f.requests(), 4);
 }
+
+/// A `multipart/form-data` body: a binary "audio file" (with bytes that look like
+/// boundaries and headers), then the `model` field, then `language`.
+fn audio_form(boundary: &str, model: &str) -> Vec<u8> {
+    let mut audio: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+    audio.extend_from_slice(format!("\r\n--{boundary}x\r\nname=\"model\"\r\n\r\n").as_bytes());
+    let mut b = Vec::new();
+    b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n").as_bytes());
+    b.extend_from_slice(&audio);
+    b.extend_from_slice(
+        format!(
+            "\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n"
+        )
+        .as_bytes(),
+    );
+    b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n--{boundary}--\r\n").as_bytes());
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_forms_arrive_byte_for_byte_with_only_the_model_rewritten() {
+    let a = MockVllm::start("a").await;
+    let r = router(&[&a], "").await;
+    let boundary = "----llmrouter7MA4YWxkTrZu0gW";
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let c = reqwest::Client::new();
+    let upload = |path: &str, ct: &str, body: Vec<u8>| {
+        c.post(r.url(path))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    for path in ["/v1/audio/transcriptions", "/v1/audio/translations"] {
+        let resp = upload(path, &ct, audio_form(boundary, "m")).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let echo: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (echo["path"].as_str(), echo["content_type"].as_str()),
+            (Some(path), Some(ct.as_str()))
+        );
+        assert_eq!(
+            a.last_body().unwrap().to_vec(),
+            audio_form(boundary, "org/M"),
+            "{path}"
+        );
+    }
+    let asked = a.requests();
+    let cases = [
+        (
+            "application/json",
+            audio_form(boundary, "m"),
+            400,
+            "invalid_content_type",
+        ),
+        (
+            ct.as_str(),
+            b"not a form".to_vec(),
+            400,
+            "invalid_multipart",
+        ),
+        (
+            ct.as_str(),
+            audio_form(boundary, "nope"),
+            404,
+            "model_not_found",
+        ),
+    ];
+    for (ct, body, status, code) in cases {
+        let e = expect_error(
+            upload("/v1/audio/transcriptions", ct, body).await.unwrap(),
+            status,
+        )
+        .await;
+        assert_eq!(e["code"], code);
+    }
+    assert_eq!(a.requests(), asked);
+}

@@ -61,3 +61,8 @@ fn request_head_corpus() {
 fn usage_event_corpus() {
     replay("usage_event", harness::usage_event);
 }
+
+#[test]
+fn multipart_corpus() {
+    replay("multipart", harness::multipart);
+}

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, ConfigErrors};
 
 /// Endpoint names a principal may be allowed (`endpoints:`); `*` allows all.
-pub const ENDPOINTS: [&str; 11] = [
+pub const ENDPOINTS: [&str; 12] = [
     "chat",
     "completions",
     "embeddings",
@@ -37,6 +37,7 @@ pub const ENDPOINTS: [&str; 11] = [
     "pooling",
     "responses",
     "messages",
+    "audio",
     "other",
     "models",
 ];

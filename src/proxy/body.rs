@@ -33,6 +33,9 @@ pub struct RequestInfo {
     /// The Responses API's `previous_response_id`, when a string: the request belongs on
     /// the instance that holds that response.
     pub previous_response_id: Option<String>,
+    /// A `multipart/form-data` body ([`super::multipart`]): `model` is a form field,
+    /// rewritten as raw text; nothing else is changed.
+    pub form: bool,
 }
 
 /// The request's `stream_options`.
@@ -223,6 +226,7 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, ApiError> {
         previous_response_id: probe
             .previous_response_id
             .and_then(|v| v.as_str().map(str::to_string)),
+        form: false,
     })
 }
 
@@ -253,9 +257,14 @@ pub fn splice_model(body: &Bytes, info: &RequestInfo, new_model: &str) -> Vec<By
 
 /// The edit that renames the model, if the name changes.
 pub fn model_edit(info: &RequestInfo, new_model: &str) -> Option<Edit> {
-    (info.model != new_model).then(|| Edit {
+    let text = if info.form {
+        new_model.to_string()
+    } else {
+        serde_json::to_string(new_model).unwrap_or_default()
+    };
+    (info.model != new_model).then_some(Edit {
         span: info.model_span,
-        text: serde_json::to_string(new_model).unwrap_or_default(),
+        text,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod guard;
 pub mod head;
 pub mod linger;
+pub mod multipart;
 pub mod policy;
 mod responses;
 mod routes;
@@ -368,7 +369,7 @@ impl Router {
         endpoint: routes::Endpoint,
     ) -> Result<(), ApiError> {
         let body = self.read_body(session, ctx).await?;
-        let info = match body::inspect_shared(&body).await {
+        let info = match inspect(session, endpoint, &body).await {
             // text-embeddings-inference's `/rerank` names no model: the first reranker
             // the principal may use.
             Err(e) if e.code == "missing_model" && endpoint == routes::Endpoint::Rerank => {
@@ -685,6 +686,30 @@ fn affinity_key(session: &Session, model: &Model, info: &body::RequestInfo) -> S
             .to_string(),
         AffinityKey::BodyUser => info.user.clone().unwrap_or_default(),
     }
+}
+
+/// The routing view of a request body: JSON, or the form of the audio endpoints.
+async fn inspect(
+    session: &Session,
+    endpoint: routes::Endpoint,
+    body: &Bytes,
+) -> Result<body::RequestInfo, ApiError> {
+    if !endpoint.takes_form() {
+        return body::inspect_shared(body).await;
+    }
+    let ct = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(b) = multipart::boundary(ct).map(str::to_string) else {
+        return Err(ApiError::bad_request(
+            "invalid_content_type",
+            "This endpoint takes a multipart/form-data body (with a boundary)",
+        ));
+    };
+    request_body::parse_off_thread(body, move |body| multipart::inspect(body, &b)).await
 }
 
 /// Whether another model may take a request that `e` refused: no instance was

@@ -36,6 +36,10 @@ pub fn edits(
         .filter(|_| generation && policy.cache_salt == CacheSalt::PerPrincipal)
         .map(auth::cache_salt_json);
     let mut out: Vec<Edit> = model_edit(info, served_name).into_iter().collect();
+    if info.form {
+        // A form has no JSON fields to guard or add: only `model` changes.
+        return Ok(out);
+    }
     let (mut salted, mut prioritised) = (false, false);
     for (field, span) in &info.guarded {
         let text = match (field, &salt, engine_priority) {

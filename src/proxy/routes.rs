@@ -27,6 +27,10 @@ pub enum Endpoint {
     /// `/v1/messages/count_tokens`.
     Messages,
     CountTokens,
+    /// OpenAI's audio endpoints (`/v1/audio/transcriptions`, `/v1/audio/translations`):
+    /// a `multipart/form-data` body whose `model` field is rewritten.
+    Transcriptions,
+    Translations,
     /// Any other `POST /v1/...` whose JSON body names a model: forwarded as it is, so a
     /// new engine endpoint works without a router release.
     Other,
@@ -48,6 +52,8 @@ impl Endpoint {
             Endpoint::Responses => "responses",
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "count_tokens",
+            Endpoint::Transcriptions => "transcriptions",
+            Endpoint::Translations => "translations",
             Endpoint::Other => "other",
         }
     }
@@ -64,6 +70,7 @@ impl Endpoint {
             Endpoint::Pooling | Endpoint::Classify => "pooling",
             Endpoint::Responses => "responses",
             Endpoint::Messages | Endpoint::CountTokens => "messages",
+            Endpoint::Transcriptions | Endpoint::Translations => "audio",
             Endpoint::Other => "other",
         }
     }
@@ -97,8 +104,15 @@ impl Endpoint {
                 | Endpoint::Detokenize
                 | Endpoint::Messages
                 | Endpoint::CountTokens
+                | Endpoint::Transcriptions
+                | Endpoint::Translations
                 | Endpoint::Other
         )
+    }
+
+    /// The body is `multipart/form-data`, not JSON.
+    pub fn takes_form(self) -> bool {
+        matches!(self, Endpoint::Transcriptions | Endpoint::Translations)
     }
 
     /// Whether a model of `kind` can answer this endpoint. LLM engines may serve
@@ -117,7 +131,9 @@ impl Endpoint {
             | Endpoint::Classify
             | Endpoint::Responses
             | Endpoint::Messages
-            | Endpoint::CountTokens => kind == ModelKind::Llm,
+            | Endpoint::CountTokens
+            | Endpoint::Transcriptions
+            | Endpoint::Translations => kind == ModelKind::Llm,
             // Whatever it is, the engine decides.
             Endpoint::Other => true,
         }
@@ -173,6 +189,14 @@ pub fn table() -> Routes<Route> {
         .post(
             "/v1/messages/count_tokens",
             Route::Inference(Endpoint::CountTokens),
+        )
+        .post(
+            "/v1/audio/transcriptions",
+            Route::Inference(Endpoint::Transcriptions),
+        )
+        .post(
+            "/v1/audio/translations",
+            Route::Inference(Endpoint::Translations),
         )
         .post_fallback("/v1/", Route::Inference(Endpoint::Other))
 }

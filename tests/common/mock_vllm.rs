@@ -227,11 +227,11 @@ impl Drop for StreamWatch {
 
 /// Records the request; applies the prefill delay and forced status. `Err` is the
 /// response to send instead of a normal answer.
-async fn admit(
+async fn admit_raw(
     s: &Arc<MockState>,
     headers: HeaderMap,
     body: &Bytes,
-) -> Result<(Value, StreamWatch), Response> {
+) -> Result<StreamWatch, Response> {
     s.requests.fetch_add(1, Ordering::SeqCst);
     *s.last_body.lock().unwrap() = Some(body.clone());
     *s.last_headers.lock().unwrap() = Some(headers);
@@ -257,6 +257,16 @@ async fn admit(
         let body = json!({"object": "error", "message": format!("forced {forced}"), "type": "MockError", "code": forced});
         return Err((status, axum::Json(body)).into_response());
     }
+    Ok(watch)
+}
+
+/// [`admit_raw`] for a JSON body (a 400 when it is not JSON).
+async fn admit(
+    s: &Arc<MockState>,
+    headers: HeaderMap,
+    body: &Bytes,
+) -> Result<(Value, StreamWatch), Response> {
+    let mut watch = admit_raw(s, headers, body).await?;
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         watch.done = true;
         (StatusCode::BAD_REQUEST, format!("mock: bad json: {e}")).into_response()
@@ -406,8 +416,9 @@ async fn echo(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let (_, mut watch) = match admit(&s, headers, &body).await {
-        Ok(v) => v,
+    // Any body (a form, too): echoed as text.
+    let mut watch = match admit_raw(&s, headers, &body).await {
+        Ok(w) => w,
         Err(r) => return r,
     };
     watch.done = true;
