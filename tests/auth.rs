@@ -352,3 +352,29 @@ fn keys_new_prints_the_key_once_then_only_its_hash() {
     );
     assert_eq!(entry[0]["label"].as_str().unwrap(), "2026-12");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_get_route_receipts() {
+    let [ops, team, gone, late] = new_keys();
+    let s = start(&keys_yaml(&ops, &team, &gone, &late)).await;
+    let c = reqwest::Client::new();
+    for (key, shown) in [(&ops, true), (&team, false)] {
+        let resp = c
+            .post(s.r.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .header("x-llm-router-debug", "1")
+            .json(&chat("m"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let route = resp.headers().get("x-llm-router-route");
+        assert_eq!(route.is_some(), shown, "{route:?}");
+        if let Some(r) = route {
+            assert!(r
+                .to_str()
+                .unwrap()
+                .starts_with("policy=least_load; chosen=m1; candidates=m1:"));
+        }
+    }
+}

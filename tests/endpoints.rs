@@ -478,3 +478,43 @@ async fn audio_forms_arrive_byte_for_byte_with_only_the_model_rewritten() {
     }
     assert_eq!(a.requests(), asked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_request_gets_the_route_receipt_and_the_access_log_has_it() {
+    let (a, b) = (MockVllm::start("a").await, MockVllm::start("b").await);
+    b.set_gauges(8, 40, 0.9);
+    let r = router(&[&a, &b], FAST).await;
+    wait_for("b scraped", Duration::from_secs(5), async || {
+        r.instances()
+            .await
+            .iter()
+            .any(|i| i["id"] == "b" && i["waiting"] == 40.0 && i["fresh"] == true)
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let ask = |debug: Option<&str>| {
+        let mut req = c.post(r.url("/v1/chat/completions")).json(&chat("m"));
+        if let Some(d) = debug {
+            req = req.header("x-llm-router-debug", d);
+        }
+        req.send()
+    };
+    let resp = ask(Some("1")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // 10 x 40 waiting + 3 x 8 running + 100 x 0.9 KV = 514.
+    let want = "policy=least_load; chosen=a; candidates=a:0.0:fresh,b:514.0:fresh";
+    assert_eq!(header(&resp, "x-llm-router-route"), want);
+    // The engine never sees the debug header.
+    assert!(a.last_headers().get("x-llm-router-debug").is_none());
+    for debug in [None, Some("0")] {
+        let resp = ask(debug).await.unwrap();
+        assert!(
+            resp.headers().get("x-llm-router-route").is_none(),
+            "{debug:?}"
+        );
+    }
+    wait_for("the access log", Duration::from_secs(5), async || {
+        r.access_log().contains(&format!("route=\"{want}\""))
+    })
+    .await;
+}

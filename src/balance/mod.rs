@@ -154,6 +154,35 @@ impl Model {
         }
     }
 
+    /// `id:score:tier` of every instance, as the selection sees them now (the
+    /// `candidates` of a route receipt).
+    pub fn candidates_receipt(&self) -> String {
+        let mut out = String::new();
+        for (i, inst) in self.instances.iter().enumerate() {
+            let s = inst.snapshot();
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "{}:{:.1}:{}",
+                inst.id,
+                inst.score(&s),
+                s.tier().label()
+            ));
+        }
+        out
+    }
+
+    /// The policy's name (`least_load`, ...), for route receipts.
+    pub fn policy_label(&self) -> &'static str {
+        match self.opts.policy {
+            crate::config::Policy::LeastLoad => "least_load",
+            crate::config::Policy::RoundRobin => "round_robin",
+            crate::config::Policy::PowerOfTwo => "power_of_two",
+            crate::config::Policy::SessionAffinity => "session_affinity",
+        }
+    }
+
     /// Whether some instance can take a request now (healthy): else its fallbacks are
     /// tried first.
     pub fn can_serve(&self) -> bool {

@@ -21,6 +21,19 @@ pub enum Tier {
     Off = 4,
 }
 
+impl Tier {
+    /// The name in route receipts.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tier::Fresh => "fresh",
+            Tier::Stale => "stale",
+            Tier::Cooldown => "cooldown",
+            Tier::Down => "down",
+            Tier::Off => "off",
+        }
+    }
+}
+
 /// One instance as the selection sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {

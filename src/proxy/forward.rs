@@ -13,6 +13,7 @@
 //! engine is still in prefill, drops the upstream connection at once, which is how vLLM
 //! learns to abort the request and free its slot.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -53,6 +54,8 @@ const HOP_BY_HOP: [&str; 9] = [
 /// model (the first part of the route receipt).
 pub const ANSWERED_BY_INSTANCE: &str = "x-llm-router-instance";
 pub const ANSWERED_BY_MODEL: &str = "x-llm-router-model";
+/// Why the instance was chosen (`x-llm-router-debug: 1`, admins or auth off).
+pub const ROUTE_RECEIPT: &str = "x-llm-router-route";
 
 /// Largest engine 404 body read to tell an API error from a web framework's "no such
 /// path".
@@ -83,6 +86,8 @@ pub struct Outcome {
     /// caller settles it then).
     pub admitted: Option<Admitted>,
     pub charged: Option<Charged>,
+    /// The route receipt (`policy=...; chosen=...; candidates=...`), when asked for.
+    pub route: Option<String>,
 }
 
 impl Outcome {
@@ -117,6 +122,12 @@ pub struct Exchange<'a> {
     pub pinned: Option<&'a str>,
     /// A Responses API answer: remember which instance holds the response it creates.
     pub remember: Option<Remember<'a>>,
+    /// Build the route receipt (for the access log), and send it as
+    /// [`ROUTE_RECEIPT`] when `receipt_header`.
+    pub receipt: bool,
+    pub receipt_header: bool,
+    /// Time spent in the admission queue (for the receipt).
+    pub queued: Option<Duration>,
 }
 
 /// Where a created response's home is written, and for whom.
@@ -175,15 +186,9 @@ impl Forwarder {
         let max_attempts = self.opts.max_attempts.unwrap_or(n).min(n);
         let mut tried = Vec::with_capacity(2);
         let started = Instant::now();
+        let candidates = ex.receipt.then(|| model.candidates_receipt());
         for _ in 0..max_attempts {
-            let inst = match ex.pinned {
-                Some(id) if tried.is_empty() => {
-                    model.instances.iter().find(|i| i.id == id).cloned()
-                }
-                Some(_) => None,
-                None => model.pick(ex.affinity_key, &tried),
-            };
-            let Some(inst) = inst else {
+            let Some(inst) = next_instance(model, &ex, &tried) else {
                 break;
             };
             tried.push(inst.index);
@@ -192,6 +197,9 @@ impl Forwarder {
                 Ok(up) => {
                     out.instance = Some(inst.id.clone());
                     out.ttfb = Some(started.elapsed());
+                    if let Some(c) = &candidates {
+                        out.route = Some(receipt(model, &inst.id, c, out, &ex));
+                    }
                     return self.relay(session, up, guard, ex, out, started).await;
                 }
                 // Still stale after the retries: the instance counts as unreachable.
@@ -223,13 +231,18 @@ impl Forwarder {
                 }
             }
         }
-        // Instance ids only: the reasons name internal addresses (they are logged).
+        Err(self.unreachable(model, &tried))
+    }
+
+    /// The 503 when no instance of `model` could be reached; instance ids only (the
+    /// reasons name internal addresses: they are logged).
+    fn unreachable(&self, model: &Model, tried: &[usize]) -> ApiError {
         let tried: Vec<&str> = tried
             .iter()
             .filter_map(|i| model.instances.iter().find(|x| x.index == *i))
             .map(|x| x.id.as_str())
             .collect();
-        Err(ApiError::unavailable(
+        ApiError::unavailable(
             format!(
                 "No instance of model `{}` is reachable ({} tried: {}); retry shortly",
                 model.name,
@@ -237,7 +250,7 @@ impl Forwarder {
                 tried.join(", ")
             ),
             self.opts.retry_after_s,
-        ))
+        )
     }
 
     /// Tries one instance: a pooled connection the engine had closed is replaced by the
@@ -362,6 +375,9 @@ impl Forwarder {
         }
         let _ = down.insert_header(ANSWERED_BY_INSTANCE, &inst.id);
         let _ = down.insert_header(ANSWERED_BY_MODEL, &inst.model);
+        if let Some(r) = out.route.as_deref().filter(|_| ex.receipt_header) {
+            let _ = down.insert_header(ROUTE_RECEIPT, r);
+        }
         for (k, v) in ex.headers {
             let _ = down.insert_header(*k, v);
         }
@@ -450,6 +466,41 @@ impl Forwarder {
         }
         Ok(())
     }
+}
+
+/// The next instance to try: the pinned one (once), else the policy's pick among those
+/// not tried yet.
+fn next_instance(model: &Model, ex: &Exchange<'_>, tried: &[usize]) -> Option<Arc<Instance>> {
+    match ex.pinned {
+        Some(id) if tried.is_empty() => model.instances.iter().find(|i| i.id == id).cloned(),
+        Some(_) => None,
+        None => model.pick(ex.affinity_key, tried),
+    }
+}
+
+/// `policy=least_load; chosen=a; candidates=a:3.0:fresh,b:30.0:stale` and, where they
+/// apply, `; failovers=N; queued_ms=T`; `candidates` as the selection saw them when the
+/// request was forwarded (`pinned` instead of a policy for a stored response's home).
+fn receipt(
+    model: &Model,
+    chosen: &str,
+    candidates: &str,
+    out: &Outcome,
+    ex: &Exchange<'_>,
+) -> String {
+    let policy = if ex.pinned.is_some() {
+        "pinned"
+    } else {
+        model.policy_label()
+    };
+    let mut r = format!("policy={policy}; chosen={chosen}; candidates={candidates}");
+    if !out.failovers.is_empty() {
+        r.push_str(&format!("; failovers={}", out.failovers.len()));
+    }
+    if let Some(q) = ex.queued {
+        r.push_str(&format!("; queued_ms={:.1}", q.as_secs_f64() * 1000.0));
+    }
+    r
 }
 
 /// A JSON error of an API: OpenAI's `{"error": ...}`, vLLM's older `{"object": "error"}`

@@ -49,6 +49,8 @@ use crate::telemetry::audit;
 use crate::telemetry::metrics;
 
 pub use crate::http::request_id::HEADER as REQUEST_ID;
+/// A client asking for the route receipt (`x-llm-router-route`) with `1`.
+pub const DEBUG: &str = "x-llm-router-debug";
 use forward::{Exchange, Forwarder, Outcome, Remember};
 use routes::Route;
 
@@ -465,6 +467,7 @@ impl Router {
         let body = body::splice(body, edits);
         let principal = ctx.principal.as_deref().map(|p| p.id.as_str());
         let home = self.home_of_previous(info, model, principal);
+        let receipt_header = self.wants_receipt(session, ctx);
         let ex = Exchange {
             affinity_key: key.as_bytes(),
             headers: &ctx.rate_headers,
@@ -475,10 +478,28 @@ impl Router {
                 homes: &self.homes,
                 principal,
             }),
+            receipt: receipt_header || self.access_log.enabled(),
+            receipt_header,
+            queued: ctx.queued,
         };
         self.forwarder
             .forward(session, model, body, ex, &mut ctx.outcome)
             .await
+    }
+
+    /// `x-llm-router-debug: 1` from an admin (or anyone with auth off): the answer gets
+    /// the route receipt.
+    fn wants_receipt(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        let asked = session
+            .req_header()
+            .headers
+            .get(DEBUG)
+            .is_some_and(|v| v.as_bytes() == b"1");
+        asked
+            && ctx
+                .principal
+                .as_deref()
+                .is_none_or(|p| self.auth.is_admin(p))
     }
 
     /// A follow-up of a stored response (`previous_response_id`) goes where that
@@ -941,6 +962,7 @@ impl ProxyHttp for Router {
             reserved_tokens: charged.map(|c| c.reserved),
             usage_estimated: charged.map(|c| c.estimated),
             failovers: &ctx.outcome.failovers,
+            route: ctx.outcome.route.as_deref(),
             error: ctx
                 .error
                 .as_ref()

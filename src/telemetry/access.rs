@@ -43,6 +43,9 @@ pub struct AccessRecord<'a> {
     pub usage_estimated: Option<bool>,
     /// `instance: reason` of each abandoned attempt.
     pub failovers: &'a [String],
+    /// The route receipt: why the instance was chosen (`policy=...; chosen=...;
+    /// candidates=id:score:tier,...`).
+    pub route: Option<&'a str>,
     pub error: Option<&'a str>,
 }
 
@@ -126,6 +129,7 @@ impl AccessRecord<'_> {
                 );
                 let failovers = (!self.failovers.is_empty()).then(|| self.failovers.join("; "));
                 add("failovers", failovers.as_deref().map(logfmt_value));
+                add("route", self.route.map(logfmt_value));
                 add("error", self.error.map(logfmt_value));
                 Some(s)
             }
@@ -305,6 +309,7 @@ mod tests {
             reserved_tokens: Some(40),
             usage_estimated: Some(false),
             failovers: &f,
+            route: Some("policy=least_load; chosen=i1; candidates=i1:0.0:fresh"),
             error: None,
         };
         let l = r.line(AccessLogFormat::Logfmt).unwrap();
@@ -315,6 +320,10 @@ mod tests {
             "{l}"
         );
         assert!(l.contains("failovers=\"a: connect refused\""), "{l}");
+        assert!(
+            l.contains("route=\"policy=least_load; chosen=i1; candidates=i1:0.0:fresh\""),
+            "{l}"
+        );
         assert!(
             l.contains("principal=team-a")
                 && l.contains("class=critical")
