@@ -546,10 +546,7 @@ fn run(cli: Cli, path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let sources = crate::admin::Sources {
-        registry: router.registry().clone(),
-        ledger: ledger.clone(),
-    };
+    let sources = router.sources().clone();
     let (engines, scrape_targets) = match start.services(&config, &sources, &draining) {
         Ok(counts) => counts,
         Err(e) => {

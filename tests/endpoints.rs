@@ -518,3 +518,145 @@ async fn a_debug_request_gets_the_route_receipt_and_the_access_log_has_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lora_adapters_are_discovered_routed_and_loaded_once() {
+    let (a, b) = (MockVllm::start("a").await, MockVllm::start("b").await);
+    b.set_adapters(&["sql"]);
+    for m in [&a, &b] {
+        m.state
+            .load_delay_ms
+            .store(300, std::sync::atomic::Ordering::SeqCst);
+    }
+    let extra =
+        format!("    lora_adapters: {{poet: /adapters/poet, broken: /missing/broken}}\n{FAST}");
+    let r = router(&[&a, &b], &extra).await;
+    // Discovered from b's /v1/models; listed with its parent.
+    wait_for("sql listed", Duration::from_secs(5), async || {
+        let list = r.get_json("/v1/models").await;
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == "sql" && c["parent"] == "m" && c["status"] == "ready")
+    })
+    .await;
+    let card = r.get_json("/v1/models/poet").await;
+    assert_eq!(
+        (card["parent"].as_str(), card["status"].as_str()),
+        (Some("m"), Some("stopped"))
+    );
+    for _ in 0..6 {
+        let resp = send(&r, Method::POST, "/v1/chat/completions", Some(chat("sql"))).await;
+        assert_eq!(
+            (
+                resp.status().as_u16(),
+                header(&resp, "x-llm-router-instance")
+            ),
+            (200, "b")
+        );
+        // The adapter's own name reaches the engine: that is how it picks the adapter.
+        assert_eq!(b.last_json()["model"], "sql");
+    }
+    // 20 concurrent first requests for a configured adapter: one load, then all served
+    // where it was loaded.
+    let first = (0..20).map(|_| send(&r, Method::POST, "/v1/chat/completions", Some(chat("poet"))));
+    let answers = futures_util::future::join_all(first).await;
+    assert_eq!(a.adapter_loads() + b.adapter_loads(), 1);
+    let home = if a.adapters().contains(&"poet".to_string()) {
+        "a"
+    } else {
+        "b"
+    };
+    for resp in &answers {
+        assert_eq!(
+            (
+                resp.status().as_u16(),
+                header(resp, "x-llm-router-instance")
+            ),
+            (200, home)
+        );
+    }
+    // A load that fails: 503 naming the adapter.
+    let e = expect_error(
+        send(
+            &r,
+            Method::POST,
+            "/v1/chat/completions",
+            Some(chat("broken")),
+        )
+        .await,
+        503,
+    )
+    .await;
+    assert!(e["message"].as_str().unwrap().contains("`broken`"), "{e}");
+    let e = expect_error(
+        send(&r, Method::POST, "/v1/chat/completions", Some(chat("nope"))).await,
+        404,
+    )
+    .await;
+    assert_eq!(e["code"], "model_not_found");
+    // Loaded and unloaded on demand through the admin API.
+    let load = json!({"name": "extra", "path": "/adapters/extra"});
+    let resp = send(&r, Method::POST, "/v1/router/models/m/adapters", Some(load)).await;
+    assert_eq!(resp.status(), 200);
+    let at = resp.json::<Value>().await.unwrap()["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = send(
+        &r,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(chat("extra")),
+    )
+    .await;
+    assert_eq!(
+        (
+            resp.status().as_u16(),
+            header(&resp, "x-llm-router-instance")
+        ),
+        (200, at.as_str())
+    );
+    let resp = send(
+        &r,
+        Method::DELETE,
+        "/v1/router/models/m/adapters/extra",
+        None,
+    )
+    .await;
+    assert_eq!(resp.json::<Value>().await.unwrap()["unloaded_from"], 1);
+    wait_for("extra gone", Duration::from_secs(5), async || {
+        let list = r.get_json("/v1/models").await;
+        !list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == "extra")
+    })
+    .await;
+    let e = expect_error(
+        send(
+            &r,
+            Method::POST,
+            "/v1/chat/completions",
+            Some(chat("extra")),
+        )
+        .await,
+        404,
+    )
+    .await;
+    assert_eq!(e["code"], "model_not_found");
+    let e = expect_error(
+        send(
+            &r,
+            Method::DELETE,
+            "/v1/router/models/nope/adapters/x",
+            None,
+        )
+        .await,
+        404,
+    )
+    .await;
+    assert_eq!(e["code"], "model_not_found");
+}

@@ -2,6 +2,7 @@
 //! `/v1/router/instances`, answered alike on the public port and on the admin listener
 //! ([`listener`], `router.admin_listen`).
 
+pub mod adapters;
 pub mod listener;
 
 pub use listener::AdminApp;
@@ -50,6 +51,8 @@ pub struct Sources {
     pub registry: Registry,
     /// The usage ledger (auth on).
     pub ledger: Option<Arc<Ledger>>,
+    /// Loads and unloads LoRA adapters (`/v1/router/models/{model}/adapters`).
+    pub adapters: Arc<crate::balance::adapters::AdapterLoader>,
 }
 
 /// The answer to `what` (`query`: the URL's query string); `draining`: the process is

@@ -9,6 +9,7 @@
 //! which is tied to the end of the streamed response body, a client hang-up or a failed
 //! attempt, whichever comes first.
 
+pub mod adapters;
 pub mod health;
 pub mod lb;
 pub mod select;
@@ -49,6 +50,8 @@ pub struct Instance {
     pub(crate) all_stats: Arc<[InstanceStats]>,
     opts: Arc<BalancerOptions>,
     health: health::HealthSignal,
+    /// The LoRA adapters it serves ([`adapters`]).
+    adapters: std::sync::Mutex<adapters::Served>,
 }
 
 impl Instance {
@@ -138,6 +141,8 @@ pub struct Model {
     pub aliases: Vec<String>,
     /// Configured models to try when none of this one's instances can take a request.
     pub fallback: Vec<String>,
+    /// Configured LoRA adapters (`lora_adapters`: name → path), loaded on demand.
+    pub lora_adapters: IndexMap<String, String>,
 }
 
 impl Model {
@@ -194,12 +199,22 @@ impl Model {
     /// The best instance not in `tried` (indices), per the model's policy; `key` is the
     /// session-affinity key (empty: none).
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<Arc<Instance>> {
+        self.pick_where(key, tried, |_| true)
+    }
+
+    /// As [`Self::pick`], among the instances `accept`ed (those serving an adapter).
+    pub fn pick_where(
+        &self,
+        key: &[u8],
+        tried: &[usize],
+        accept: impl Fn(&Instance) -> bool,
+    ) -> Option<Arc<Instance>> {
         self.lb
             .select_with(key, self.instances.len(), |b, _health| {
                 // Health is already part of the ranking (fail open); only skip the tried.
                 b.ext
                     .get::<Arc<Instance>>()
-                    .is_some_and(|i| !tried.contains(&i.index))
+                    .is_some_and(|i| !tried.contains(&i.index) && accept(i))
             })
             .and_then(|b| b.ext.get::<Arc<Instance>>().cloned())
     }
@@ -278,6 +293,12 @@ impl Registry {
             .or_else(|| self.aliases.get(name).and_then(|n| self.models.get(n)))
     }
 
+    /// The model whose adapter `name` is (configured, or served by one of its
+    /// instances), when `name` is no model's name or alias.
+    pub fn adapter_model(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models.values().find(|m| m.has_adapter(name))
+    }
+
     pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
         self.models.values()
     }
@@ -345,6 +366,7 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
             all_stats: all_stats.clone(),
             opts: opts.clone(),
             health: Default::default(),
+            adapters: Default::default(),
         });
         let mut b = Backend::new(&addr.to_string()).map_err(|e| e.to_string())?;
         b.ext.insert(inst.clone());
@@ -366,6 +388,7 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
         lb: Arc::new(lb),
         aliases: m.aliases.clone(),
         fallback: m.fallback.clone(),
+        lora_adapters: m.lora_adapters.clone(),
     })
 }
 

@@ -441,6 +441,10 @@ pub struct ModelConfig {
     /// instance of this one can take it before the first byte (`fallback`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallback: Vec<String>,
+    /// LoRA adapters (name → path as the engine sees it) loaded on the first request
+    /// that names one (`lora_adapters`).
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub lora_adapters: IndexMap<String, String>,
 }
 
 /// A secret of the config: shown as `<redacted>` by `check` and in logs.

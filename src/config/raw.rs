@@ -120,6 +120,9 @@ pub struct RawLlmModel {
     /// Models tried in order when none of this one's instances can take a request.
     #[serde(default)]
     pub fallback: Vec<String>,
+    /// LoRA adapters (name → path on the engine's host) loaded on demand.
+    #[serde(default)]
+    pub lora_adapters: IndexMap<String, String>,
     #[serde(flatten)]
     pub unknown: IndexMap<String, Value>,
 }

@@ -290,6 +290,7 @@ fn resolve_llm(
         embed: None,
         aliases: m.aliases,
         fallback: m.fallback,
+        lora_adapters: m.lora_adapters,
     }
 }
 
@@ -820,6 +821,7 @@ fn embed_model(
         api_key: None,
         aliases: Vec::new(),
         fallback: Vec::new(),
+        lora_adapters: Default::default(),
         embed: Some(EmbedModelSettings {
             model_path: c.path(&m.model_path).display().to_string(),
             tokenizer_path: m.tokenizer_path.map(|t| c.path(&t).display().to_string()),
@@ -880,6 +882,17 @@ fn check_aliases_and_fallbacks(c: &mut Checker<'_>, models: &[ModelConfig]) {
                 c.err(key, format!("`{a}` is the name of a configured model"));
             } else if let Some(other) = aliases.insert(a, &m.name) {
                 c.err(key, format!("`{a}` is already an alias of model `{other}`"));
+            }
+        }
+        for (a, path) in &m.lora_adapters {
+            let key = format!("LLM_engines.{}.lora_adapters.{a}", m.name);
+            if by_name.contains_key(a.as_str()) || m.aliases.contains(a) {
+                c.err(key, format!("`{a}` is already a model or alias name"));
+            } else if path.trim().is_empty() {
+                c.err(
+                    key,
+                    "needs the adapter's path (as the engine's host sees it)",
+                );
             }
         }
         for (i, f) in m.fallback.iter().enumerate() {

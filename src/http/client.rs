@@ -29,6 +29,34 @@ pub async fn get(
     path: &str,
     max: usize,
 ) -> Result<(u16, BytesMut), GetError> {
+    let req = Request {
+        method: "GET",
+        path,
+        ..Default::default()
+    };
+    request(connector, peer, authority, req, max).await
+}
+
+/// What [`request`] sends.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// `Authorization: Bearer` (an engine started with `--api-key`).
+    pub bearer: Option<&'a str>,
+    /// A JSON body.
+    pub json: Option<&'a [u8]>,
+}
+
+/// A small request to `peer`, as [`get`] (the engines' admin calls: loading a LoRA
+/// adapter, listing models).
+pub async fn request(
+    connector: &Connector,
+    peer: &HttpPeer,
+    authority: &str,
+    r: Request<'_>,
+    max: usize,
+) -> Result<(u16, BytesMut), GetError> {
     let (mut s, reused) = connector
         .get_http_session(peer)
         .await
@@ -41,12 +69,26 @@ pub async fn get(
         reused,
     };
     let mut req =
-        RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| fail("request", e))?;
-    req.insert_header("host", authority)
-        .map_err(|e| fail("request", e))?;
+        RequestHeader::build(r.method, r.path.as_bytes(), None).map_err(|e| fail("request", e))?;
+    let mut headers = vec![("host", authority.to_string())];
+    if let Some(k) = r.bearer {
+        headers.push(("authorization", format!("Bearer {k}")));
+    }
+    if let Some(b) = r.json {
+        headers.push(("content-type", "application/json".into()));
+        headers.push(("content-length", b.len().to_string()));
+    }
+    for (k, v) in headers {
+        req.insert_header(k, v).map_err(|e| fail("request", e))?;
+    }
     s.write_request_header(Box::new(req))
         .await
         .map_err(|e| fail("send", e))?;
+    if let Some(b) = r.json {
+        s.write_request_body(bytes::Bytes::copy_from_slice(b), true)
+            .await
+            .map_err(|e| fail("send", e))?;
+    }
     s.finish_request_body().await.map_err(|e| fail("send", e))?;
     s.read_response_header()
         .await

@@ -128,6 +128,8 @@ pub struct Exchange<'a> {
     pub receipt_header: bool,
     /// Time spent in the admission queue (for the receipt).
     pub queued: Option<Duration>,
+    /// A LoRA adapter: only instances serving it may answer.
+    pub adapter: Option<&'a str>,
 }
 
 /// Where a created response's home is written, and for whom.
@@ -474,7 +476,10 @@ fn next_instance(model: &Model, ex: &Exchange<'_>, tried: &[usize]) -> Option<Ar
     match ex.pinned {
         Some(id) if tried.is_empty() => model.instances.iter().find(|i| i.id == id).cloned(),
         Some(_) => None,
-        None => model.pick(ex.affinity_key, tried),
+        None => match ex.adapter {
+            Some(a) => model.pick_where(ex.affinity_key, tried, |i| i.serves_adapter(a)),
+            None => model.pick(ex.affinity_key, tried),
+        },
     }
 }
 

@@ -33,6 +33,7 @@ use crate::admin::{self, Introspect};
 use crate::admission::{self, Gates, Limiter, Permit, RateHeaders};
 use crate::auth::Class;
 use crate::auth::{Auth, Denied, Principal};
+use crate::balance::adapters::AdapterLoader;
 use crate::balance::{Model, Registry};
 use crate::config::{
     AffinityKey, ClientTimeouts, Config, ModelKind, Policy, RequestLimits, RequestPolicy,
@@ -84,6 +85,9 @@ pub struct Router {
     gates: Gates,
     /// The instance of each stored response (Responses API).
     homes: stored::ResponseHomes,
+    /// Loads LoRA adapters on engines (shared with the admin routes).
+    adapters: Arc<AdapterLoader>,
+    retry_after_s: u64,
 }
 
 /// Per-request state, kept for logging.
@@ -113,6 +117,8 @@ pub struct RequestCtx {
     queued: Option<Duration>,
     /// The request's place at its model's engines (admission queue), until the end.
     _permit: Option<Permit>,
+    /// The LoRA adapter the request names (its model is `model`).
+    adapter: Option<String>,
 }
 
 impl Router {
@@ -125,6 +131,7 @@ impl Router {
         ledger: Option<Arc<Ledger>>,
     ) -> Result<Self, String> {
         let registry = Registry::new(config)?;
+        let adapters = Arc::new(AdapterLoader::default());
         let limiter = Limiter::new(config.tokens.clone());
         if let Some(l) = &ledger {
             for (principal, model, used) in l.used_today()? {
@@ -136,6 +143,7 @@ impl Router {
             sources: admin::Sources {
                 registry: registry.clone(),
                 ledger,
+                adapters: adapters.clone(),
             },
             registry,
             forwarder: Forwarder::new(config.router.clone()),
@@ -164,6 +172,8 @@ impl Router {
             rate_headers: config.rate_headers,
             gates: Gates::new(&config.queue),
             homes: stored::ResponseHomes::new(config.router.stored_responses),
+            adapters,
+            retry_after_s: config.router.retry_after_s,
         })
     }
 
@@ -175,6 +185,12 @@ impl Router {
     /// The open-connection table, for the listener's [`guard::ConnGuard`].
     pub fn connections(&self) -> Arc<guard::Connections> {
         self.connections.clone()
+    }
+
+    /// What the introspection and admin routes read and act on (the admin listener
+    /// shares it).
+    pub fn sources(&self) -> &admin::Sources {
+        &self.sources
     }
 
     pub fn registry(&self) -> &Registry {
@@ -211,10 +227,7 @@ impl Router {
                 self.may_call(session, ctx, "models")?;
                 let data: Vec<_> = self
                     .visible_models(principal)
-                    .flat_map(|m| {
-                        let names = std::iter::once(&m.name).chain(&m.aliases);
-                        names.map(|id| self.model_card(m, id))
-                    })
+                    .flat_map(|m| self.model_cards(m, principal))
                     .collect();
                 let body = json!({ "object": "list", "data": data });
                 self.fill_rate_headers(ctx);
@@ -223,12 +236,9 @@ impl Router {
             }
             Route::Model => {
                 self.may_call(session, ctx, "models")?;
-                let m = self.allowed_model(session, ctx, found.rest)?;
-                let id = if m.aliases.iter().any(|a| a == found.rest) {
-                    found.rest
-                } else {
-                    &m.name
-                };
+                let m = self.model_or_adapter(session, ctx, found.rest)?;
+                let named = m.aliases.iter().any(|a| a == found.rest) || ctx.adapter.is_some();
+                let id = if named { found.rest } else { &m.name };
                 let card = self.model_card(m, id).to_string().into();
                 self.fill_rate_headers(ctx);
                 write_json(session, 200, card, &ctx.rate_headers).await;
@@ -238,6 +248,16 @@ impl Router {
                 ctx.endpoint = endpoint.label();
                 self.may_call(session, ctx, endpoint.permission())?;
                 self.inference(session, ctx, endpoint).await
+            }
+            Route::Adapters => {
+                self.admin_allowed(session, ctx, principal)?;
+                let rest = found.rest.to_string();
+                let method = session.req_header().method.as_str().to_string();
+                let body = self.read_body(session, ctx).await?;
+                let page = admin::adapters::answer(&self.sources, &method, &rest, &body).await;
+                let ct = [("content-type", page.content_type.to_string())];
+                let _ = write_response(session, page.status, page.body.into(), &ct).await;
+                Ok(())
             }
             Route::StoredResponse => {
                 let rest = found.rest.to_string();
@@ -255,18 +275,29 @@ impl Router {
         what: Introspect,
         principal: Option<&Principal>,
     ) -> Result<(), ApiError> {
+        self.admin_allowed(session, ctx, principal)?;
+        self.introspect(session, what).await;
+        Ok(())
+    }
+
+    /// The admin routes on the main port: for `auth.admins` with auth on; with auth off
+    /// only when there is no admin listener (then they live there).
+    fn admin_allowed(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        principal: Option<&Principal>,
+    ) -> Result<(), ApiError> {
         match principal {
             Some(p) if !self.auth.is_admin(p) => {
                 let d = Denied::forbidden("admin_denied", p, "the admin routes");
-                return Err(self.deny(session, ctx, d));
+                Err(self.deny(session, ctx, d))
             }
             None if self.admin_only => {
-                return Err(ApiError::path_not_found(session.req_header().uri.path()))
+                Err(ApiError::path_not_found(session.req_header().uri.path()))
             }
-            _ => {}
+            _ => Ok(()),
         }
-        self.introspect(session, what).await;
-        Ok(())
     }
 
     async fn introspect(&self, session: &mut Session, what: Introspect) {
@@ -384,10 +415,14 @@ impl Router {
             }
             r => r?,
         };
-        let model = self.allowed_model(session, ctx, &info.model)?;
+        let model = self.model_or_adapter(session, ctx, &info.model)?;
         ctx.model = Some(model.name.clone());
         serves(model, endpoint, session.req_header().uri.path())?;
-        let order = self.fallback_order(model, ctx.principal.as_deref());
+        let order = match ctx.adapter {
+            // Only the adapter's model has it.
+            Some(_) => vec![model],
+            None => self.fallback_order(model, ctx.principal.as_deref()),
+        };
         for (i, m) in order.iter().enumerate() {
             match self.send_to(session, ctx, m, endpoint, &info, &body).await {
                 Err(e) if i + 1 < order.len() && falls_back(&e) && !response_started(session) => {
@@ -402,6 +437,30 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// The configured model (or alias) `name`, or the model whose LoRA adapter `name` is
+    /// (then `ctx.adapter` is set): for a principal, the adapter's name must be allowed as
+    /// well as its model. Else the same 404 as for a model that does not exist.
+    fn model_or_adapter(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        name: &str,
+    ) -> Result<&Model, ApiError> {
+        if self.registry.get(name).is_some() {
+            return self.allowed_model(session, ctx, name);
+        }
+        let Some(m) = self.registry.adapter_model(name) else {
+            return self.allowed_model(session, ctx, name);
+        };
+        let p = ctx.principal.as_deref();
+        if let Some(p) = p.filter(|p| !(p.may_use(&m.name) && p.may_use(name))) {
+            let e = self.not_found(name, Some(p));
+            return Err(self.deny(session, ctx, Denied::model(p, e)));
+        }
+        ctx.adapter = Some(name.to_string());
+        Ok(m)
     }
 
     /// Where a request for `model` is tried, in order: the model and its `fallback`
@@ -439,10 +498,12 @@ impl Router {
             .principal
             .as_deref()
             .map_or(Class::Standard, |p| p.class);
+        // An adapter keeps its own name: that is how the engine knows it.
+        let served = ctx.adapter.as_deref().unwrap_or(&model.served_name);
         let mut edits = policy::edits(
             &self.policy,
             info,
-            &model.served_name,
+            served,
             ctx.principal.as_deref(),
             endpoint.generates(),
             self.gates
@@ -458,6 +519,13 @@ impl Router {
         self.admit(session, ctx, model, &asked)?;
         if !self.queue(session, ctx, model).await? {
             return Ok(());
+        }
+        if let Some(a) = ctx.adapter.as_deref() {
+            let retry = self.retry_after_s;
+            self.adapters
+                .ensure(model, a)
+                .await
+                .map_err(|e| ApiError::unavailable(e, retry))?;
         }
         let usage_edit = policy::stream_usage(info, endpoint.has_stream_options())
             .filter(|_| self.limiter.options().inject_stream_usage);
@@ -481,6 +549,7 @@ impl Router {
             receipt: receipt_header || self.access_log.enabled(),
             receipt_header,
             queued: ctx.queued,
+            adapter: ctx.adapter.as_deref(),
         };
         self.forwarder
             .forward(session, model, body, ex, &mut ctx.outcome)
@@ -671,8 +740,22 @@ impl Router {
         ApiError::model_not_found(name, &names)
     }
 
-    /// The `/v1/models` entry of `m` under `id` (its name, or an alias: then with
-    /// `parent`, the configured model's name).
+    /// The `/v1/models` entries of `m`: itself, its aliases and the LoRA adapters
+    /// `principal` may use.
+    fn model_cards(&self, m: &Model, principal: Option<&Principal>) -> Vec<serde_json::Value> {
+        let adapters = m
+            .adapter_names()
+            .into_iter()
+            .filter(|a| principal.is_none_or(|p| p.may_use(a)));
+        std::iter::once(m.name.clone())
+            .chain(m.aliases.iter().cloned())
+            .chain(adapters)
+            .map(|id| self.model_card(m, &id))
+            .collect()
+    }
+
+    /// The `/v1/models` entry of `m` under `id` (its name; or an alias or adapter: then
+    /// with `parent`, the configured model's name).
     fn model_card(&self, m: &Model, id: &str) -> serde_json::Value {
         let mut card = json!({
             "id": id,
@@ -687,6 +770,10 @@ impl Router {
         });
         if id != m.name {
             card["parent"] = json!(m.name);
+        }
+        if m.has_adapter(id) && !m.aliases.iter().any(|a| a == id) {
+            card["status"] = json!(m.adapter_status(id));
+            card["root"] = json!(m.lora_adapters.get(id).map_or(id, String::as_str));
         }
         card
     }

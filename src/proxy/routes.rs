@@ -148,6 +148,9 @@ pub enum Route {
     /// `/v1/models/{id}`: the id is the rest of the path.
     Model,
     Inference(Endpoint),
+    /// `POST`/`DELETE /v1/router/models/{model}/adapters[/{name}]` (admin): LoRA
+    /// adapters loaded or unloaded ([`crate::admin::adapters`]).
+    Adapters,
     /// `GET`/`DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`: sent to the
     /// instance that created the response (the rest of the path is `{id}[/cancel]`).
     StoredResponse,
@@ -165,6 +168,11 @@ pub fn table() -> Routes<Route> {
         .read("/v1/router/usage", Route::Introspect(Introspect::Usage))
         .read("/metrics", Route::Introspect(Introspect::Metrics))
         .read_under("/v1/models/", Route::Model)
+        .under(
+            crate::admin::adapters::PREFIX,
+            Methods::POST.and(Methods::DELETE),
+            Route::Adapters,
+        )
         .post(
             "/v1/chat/completions",
             Route::Inference(Endpoint::ChatCompletions),

@@ -2,7 +2,9 @@
 //! every instance it asks `GET /health` (each model's `health_check_interval_s`; every
 //! tick while an engine starts or someone waits for a verdict) and records the answer
 //! as the instance's one health verdict (`balance::health`); for every LLM instance it
-//! also polls `GET /metrics` (`poll_interval_s`, ±10% jitter), the balancer's load inputs.
+//! also polls `GET /metrics` (`poll_interval_s`, ±10% jitter), the balancer's load inputs,
+//! and with it `GET /v1/models`, whose entries with a `parent` are the LoRA adapters the
+//! instance serves (`balance::adapters`).
 //!
 //! Cost stays flat with the number of instances: one task polls all of them concurrently
 //! (no task per poll), each over one pooled connection that is reused from poll to poll,
@@ -22,15 +24,18 @@ use pingora::services::ServiceReadyNotifier;
 use tracing::{info, warn};
 
 use super::dialect::{extract, Engine, EngineLoad};
+use crate::balance::adapters::adapters_of_model_list;
 use crate::balance::select::LoadInputs;
 use crate::balance::stats::{now_ms, Process};
 use crate::balance::{Instance, Registry};
 use crate::config::{BalancerOptions, ModelKind};
 use crate::hash::mix;
-use crate::http::client::{self, GetError};
+use crate::http::client::{self, GetError, Request};
 
 /// Largest `/metrics` page read (a vLLM page is ~50 KiB).
 const MAX_PAGE: usize = 8 * 1024 * 1024;
+/// Largest `/v1/models` answer read.
+const MAX_MODEL_LIST: usize = 1024 * 1024;
 /// Largest `/health` answer read.
 const MAX_HEALTH: usize = 64 * 1024;
 /// How often the poller looks for due work: the resolution of an engine's readiness.
@@ -44,6 +49,8 @@ struct Target {
     health_every: u64,
     /// An instance of the co-hosted embedding service: checked once that listens.
     hosted: bool,
+    /// The model's engine key (`api_key`): `/v1/models` needs it on such engines.
+    api_key: Option<String>,
 }
 
 /// Per-target memory of the previous polls, owned by the polling task.
@@ -98,6 +105,7 @@ impl Poller {
                     engine: m.engine,
                     health_every: m.opts.health_check_interval.as_millis() as u64,
                     hosted: hosted_embeddings && m.kind != ModelKind::Llm,
+                    api_key: m.api_key.clone(),
                 })
             })
             .collect();
@@ -162,7 +170,11 @@ impl Poller {
                 None
             };
             let load = if d.metrics {
-                Some(self.scrape(t).await)
+                let (load, adapters) = futures_util::join!(self.scrape(t), self.adapters(t));
+                if let Some(list) = adapters {
+                    t.inst.set_adapters(list, started);
+                }
+                Some(load)
             } else {
                 None
             };
@@ -190,6 +202,29 @@ impl Poller {
             tokio::time::timeout(self.timeout, get).await,
             Ok(Ok((200, _)))
         )
+    }
+
+    /// The LoRA adapters the instance lists in its `/v1/models` (`None`: no usable list;
+    /// what was known stays).
+    async fn adapters(&self, t: &Target) -> Option<Vec<String>> {
+        let req = Request {
+            method: "GET",
+            path: "/v1/models",
+            bearer: t.api_key.as_deref(),
+            json: None,
+        };
+        let inst = &t.inst;
+        let call = client::request(
+            &self.connector,
+            &inst.peer,
+            &inst.authority,
+            req,
+            MAX_MODEL_LIST,
+        );
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok((200, body))) => adapters_of_model_list(&body),
+            _ => None,
+        }
     }
 
     async fn scrape(&self, t: &Target) -> Result<EngineLoad, Failure> {

@@ -26,6 +26,63 @@ pub fn routes() -> Router<Arc<MockState>> {
         .route("/v1/responses/{id}/cancel", post(cancel_response))
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/models", get(models))
+        .route("/v1/load_lora_adapter", post(load_adapter))
+        .route("/v1/unload_lora_adapter", post(unload_adapter))
+}
+
+/// vLLM's model list: the base model (named after the mock) and its LoRA adapters.
+async fn models(State(s): State<Arc<MockState>>) -> Response {
+    let mut data = vec![json!({"id": s.name, "object": "model", "parent": null})];
+    for a in s.adapters.lock().unwrap().iter() {
+        data.push(
+            json!({"id": a, "object": "model", "parent": s.name, "root": format!("/adapters/{a}")}),
+        );
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn lora_error(msg: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": {"message": msg, "type": "BadRequestError", "code": 400}})),
+    )
+        .into_response()
+}
+
+/// vLLM's runtime LoRA loading: a path containing `missing` does not exist.
+async fn load_adapter(
+    State(s): State<Arc<MockState>>,
+    axum::Json(req): axum::Json<Value>,
+) -> Response {
+    s.adapter_loads.fetch_add(1, Ordering::SeqCst);
+    let delay = s.load_delay_ms.load(Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    let name = req["lora_name"].as_str().unwrap_or("").to_string();
+    if req["lora_path"].as_str().unwrap_or("").contains("missing") {
+        return lora_error(format!("No adapter found for {}", req["lora_path"]));
+    }
+    let mut list = s.adapters.lock().unwrap();
+    if list.contains(&name) {
+        return lora_error(format!(
+            "The lora adapter '{name}' has already been loaded."
+        ));
+    }
+    list.push(name.clone());
+    format!("Success: LoRA adapter '{name}' added successfully.").into_response()
+}
+
+async fn unload_adapter(
+    State(s): State<Arc<MockState>>,
+    axum::Json(req): axum::Json<Value>,
+) -> Response {
+    let name = req["lora_name"].as_str().unwrap_or("");
+    let mut list = s.adapters.lock().unwrap();
+    if !list.iter().any(|a| a == name) {
+        return lora_error(format!("The lora adapter '{name}' cannot be found."));
+    }
+    list.retain(|a| a != name);
+    format!("Success: LoRA adapter '{name}' removed successfully.").into_response()
 }
 
 fn sse(events: Vec<String>) -> Response {

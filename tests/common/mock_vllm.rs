@@ -57,6 +57,11 @@ pub struct MockState {
     pub responses: Mutex<HashMap<String, Value>>,
     /// POST paths answered with FastAPI's 404, as by an engine that does not serve them.
     pub unserved: Mutex<Vec<String>>,
+    /// LoRA adapters it serves (listed in `/v1/models` with `parent`), the loads it was
+    /// asked for, and how long a load takes.
+    pub adapters: Mutex<Vec<String>>,
+    pub adapter_loads: AtomicUsize,
+    pub load_delay_ms: AtomicU64,
 }
 
 pub struct MockVllm {
@@ -166,6 +171,20 @@ impl MockVllm {
     /// POSTs to `path` get FastAPI's 404 from now on.
     pub fn set_unserved(&self, path: &str) {
         self.state.unserved.lock().unwrap().push(path.to_string());
+    }
+
+    /// Serves these LoRA adapters from now on.
+    pub fn set_adapters(&self, names: &[&str]) {
+        *self.state.adapters.lock().unwrap() = names.iter().map(|n| n.to_string()).collect();
+    }
+
+    pub fn adapters(&self) -> Vec<String> {
+        self.state.adapters.lock().unwrap().clone()
+    }
+
+    /// `POST /v1/load_lora_adapter` calls received.
+    pub fn adapter_loads(&self) -> usize {
+        self.state.adapter_loads.load(Ordering::SeqCst)
     }
 
     /// The ids of the stored responses this instance holds.
