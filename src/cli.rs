@@ -378,6 +378,9 @@ impl Startup {
         }
         self.server
             .add_service(background_service("instance poller", poller));
+        let dns = crate::discover::Discovery::new(registry.clone(), &config.balancer);
+        self.server
+            .add_service(background_service("DNS refresh", dns));
         if let Some(addr) = config.router.admin_listen {
             let app = AdminApp::new(sources.clone(), draining.clone());
             let mut admin = Service::new("admin listener".to_string(), HttpServer::new_app(app));

@@ -11,6 +11,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod discover;
 pub mod embed;
 pub mod hash;
 pub mod http;

@@ -49,7 +49,7 @@ fn bad_configs_exit_2_naming_file_key_and_reason() {
     let base = "LLM_engines:\n  m:\n    instances:\n      - {id: a, host: localhost, port: 8001}\n    model_config: {model_tag: t}\n";
     let cases = [
         ("LLM_engines:\n  m: {a: [1, 2}\n", "LLM_engines.m", "line 2 column"),
-        ("LLM_engines:\n  m:\n    model_config: {model_tag: t}\n", "LLM_engines.m", "missing field `instances`"),
+        ("LLM_engines:\n  m:\n    model_config: {model_tag: t}\n", "LLM_engines.m.instances", "needs at least one instance (or `discover`)"),
         ("LLM_engines:\n  m:\n    instances: []\n    model_config: {dtype: x}\n", "LLM_engines.m.model_config", "model_tag"),
         (&base.replace("8001", "70000"), "LLM_engines.m.instances[0].port", "out of range"),
         (&base.replace("8001", "\"x\""), "LLM_engines.m.instances[0].port", "invalid type"),

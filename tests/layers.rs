@@ -17,7 +17,14 @@ const LAYERS: &[&[&str]] = &[
     // The engine poller (health and load), the supervisor, the embedding service and the
     // introspection answers (`/metrics`, `/v1/router/instances`, the admin listener).
     // Admission (per-principal limits) too.
-    &["scrape", "supervisor", "embed", "admin", "admission"],
+    &[
+        "scrape",
+        "discover",
+        "supervisor",
+        "embed",
+        "admin",
+        "admission",
+    ],
     // The public port.
     &["proxy"],
     // Process: daemon mode and readiness, then the command line.

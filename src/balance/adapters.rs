@@ -243,18 +243,13 @@ impl AdapterLoader {
             bearer: model.api_key.as_deref(),
             json: Some(body.as_bytes()),
         };
-        client::request(
-            &self.connector,
-            &inst.peer,
-            &inst.authority,
-            req,
-            MAX_ANSWER,
-        )
-        .await
-        .map_err(|e| match e {
-            GetError::Io { what, .. } => format!("instance `{}`: {what}", inst.id),
-            GetError::TooLarge => format!("instance `{}`: answer too large", inst.id),
-        })
+        let a = inst.address();
+        client::request(&self.connector, &a.peer, &a.authority, req, MAX_ANSWER)
+            .await
+            .map_err(|e| match e {
+                GetError::Io { what, .. } => format!("instance `{}`: {what}", inst.id),
+                GetError::TooLarge => format!("instance `{}`: answer too large", inst.id),
+            })
     }
 }
 

@@ -26,7 +26,7 @@ impl Instance {
         let was_ok = self.stats().health_ok();
         self.stats().set_health_checked(ok, started_at);
         if was_ok && !ok {
-            warn!(model = %self.model, instance = %self.id, url = %self.url, "health check failed: GET /health");
+            warn!(model = %self.model, instance = %self.id, url = %self.address().url, "health check failed: GET /health");
         }
         self.log_state_change(&self.snapshot());
         self.health.recorded.notify_waiters();
@@ -52,6 +52,11 @@ impl Instance {
     /// A fresh verdict, checked as soon as the poller can.
     pub async fn health_now(&self) -> bool {
         self.health_after(now_ms(), true).await
+    }
+
+    /// Asks the poller to check this instance at its next tick.
+    pub fn want_health(&self) {
+        self.health.wanted.store(true, Ordering::Relaxed);
     }
 
     /// Whether someone waits for a check of this instance soon; clears the wish.

@@ -16,7 +16,12 @@ pub mod select;
 pub mod stats;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use indexmap::IndexMap;
 use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
@@ -29,7 +34,7 @@ use crate::config::{BalancerOptions, Config, ModelConfig, ModelKind, RouterOptio
 use crate::hash::stable_hash;
 use lb::ScoreSelection;
 use select::score;
-use stats::{now_ms, InstanceStats, Snapshot, State};
+use stats::{now_ms, InstanceStats, Process, Snapshot, State};
 
 /// One upstream server, with the live state the balancer reads.
 #[derive(Debug)]
@@ -39,12 +44,17 @@ pub struct Instance {
     pub index: usize,
     pub id_hash: u64,
     pub model: String,
-    /// `http://host:port`, for logs and the instances endpoint.
-    pub url: String,
-    /// `host:port` as configured, sent as the `Host` header.
-    pub authority: String,
-    /// The resolved address with connect/pool options; built once, reused by every request.
-    pub peer: HttpPeer,
+    /// The configured host (or `discover.dns` name) and port, resolved again every
+    /// `balancer.dns_refresh_s`.
+    pub host: String,
+    pub port: u16,
+    /// Where it is reached now: swapped when its host resolves to another address.
+    address: ArcSwap<Address>,
+    /// A `discover` slot: no address yet, or its address vanished from DNS (drained:
+    /// never chosen, not polled).
+    vacant: AtomicBool,
+    /// Made for `discover` (an address of the DNS name), not configured.
+    pub discovered: bool,
     /// The live state of every instance of the model, contiguous so that the per-request
     /// scan over all instances stays in cache; this one's is at `index`.
     pub(crate) all_stats: Arc<[InstanceStats]>,
@@ -54,7 +64,75 @@ pub struct Instance {
     adapters: std::sync::Mutex<adapters::Served>,
 }
 
+/// Where an instance is reached.
+#[derive(Debug)]
+pub struct Address {
+    pub addr: SocketAddr,
+    /// The resolved address with connect/pool options, reused by every request.
+    pub peer: HttpPeer,
+    /// `host:port` as configured, sent as the `Host` header.
+    pub authority: String,
+    /// `http://host:port` (with the address for a discovered one), for logs and the
+    /// instances endpoint.
+    pub url: String,
+}
+
+/// Connect and pool options of every instance's peer (`router:`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerOptions {
+    pub connect_timeout: std::time::Duration,
+    pub pool_idle_timeout: std::time::Duration,
+}
+
+impl PeerOptions {
+    pub fn address(&self, addr: SocketAddr, authority: String, url: String) -> Address {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.idle_timeout = Some(self.pool_idle_timeout);
+        Address {
+            addr,
+            peer,
+            authority,
+            url,
+        }
+    }
+}
+
 impl Instance {
+    /// Where it is reached now (hold the `Arc` for the whole exchange: a pooled
+    /// connection goes back to the peer it came from).
+    pub fn address(&self) -> Arc<Address> {
+        self.address.load_full()
+    }
+
+    /// Its host now resolves to `a`.
+    pub fn set_address(&self, a: Address) {
+        self.address.store(Arc::new(a));
+    }
+
+    pub fn is_vacant(&self) -> bool {
+        self.vacant.load(Ordering::Relaxed)
+    }
+
+    /// A `discover` slot gets an address (`Some`: chosen again once its health check
+    /// passes) or loses it (`None`: drained).
+    pub fn occupy(&self, a: Option<Address>) {
+        match a {
+            Some(a) => {
+                self.set_address(a);
+                self.stats().set_health_checked(false, 0);
+                self.vacant.store(false, Ordering::Relaxed);
+                self.stats().set_process(Process::Serving);
+                self.want_health();
+            }
+            None => {
+                self.vacant.store(true, Ordering::Relaxed);
+                self.stats().set_process(Process::Down);
+            }
+        }
+    }
+
     pub fn stats(&self) -> &InstanceStats {
         &self.all_stats[self.index]
     }
@@ -62,7 +140,7 @@ impl Instance {
     /// Counts a request against this instance until the guard is dropped.
     pub fn acquire(self: &Arc<Self>) -> InFlightGuard {
         self.stats().inc_in_flight();
-        InFlightGuard(self.clone())
+        InFlightGuard(self.clone(), self.address())
     }
 
     pub fn in_flight(&self) -> usize {
@@ -82,7 +160,7 @@ impl Instance {
         let cd = self.stats().record_failure(&self.opts, now_ms());
         let s = self.snapshot();
         if self.stats().note_state(s.state).is_some() {
-            warn!(model = %self.model, instance = %self.id, url = %self.url, reason = %why,
+            warn!(model = %self.model, instance = %self.id, url = %self.address().url, reason = %why,
                 cooldown_s = cd.as_secs_f64(), failures = s.failures, "instance state: cooldown");
         }
     }
@@ -111,11 +189,18 @@ impl Instance {
 
 /// Holds one in-flight slot of an [`Instance`]; releases it on drop.
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<Instance>);
+/// Also holds the instance's address as it was when the request began: the exchange
+/// connects to it and gives its connection back to its pool, even if the host resolves
+/// elsewhere meanwhile.
+pub struct InFlightGuard(Arc<Instance>, Arc<Address>);
 
 impl InFlightGuard {
     pub fn instance(&self) -> &Arc<Instance> {
         &self.0
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.1
     }
 }
 
@@ -143,6 +228,10 @@ pub struct Model {
     pub fallback: Vec<String>,
     /// Configured LoRA adapters (`lora_adapters`: name → path), loaded on demand.
     pub lora_adapters: IndexMap<String, String>,
+    /// Instances found by DNS: the last `max_instances` of `instances` are its slots.
+    pub discover: Option<crate::config::Discover>,
+    /// How its instances' peers are made (when an address changes).
+    pub peers: PeerOptions,
 }
 
 impl Model {
@@ -233,7 +322,7 @@ impl std::fmt::Debug for Model {
 pub struct InstanceView<'a> {
     pub model: &'a str,
     pub id: &'a str,
-    pub url: &'a str,
+    pub url: String,
     pub score: f64,
     #[serde(flatten)]
     pub snapshot: Snapshot,
@@ -252,7 +341,11 @@ impl Registry {
     pub fn new(config: &Config) -> Result<Self, String> {
         let mut models = IndexMap::new();
         for m in &config.models {
-            models.insert(m.name.clone(), Arc::new(build_model(m, &config.router)?));
+            let hosts = config.balancer.hosts_file.as_deref();
+            models.insert(
+                m.name.clone(),
+                Arc::new(build_model(m, &config.router, hosts)?),
+            );
         }
         // Configured aliases (checked unique), then: clients may also address an LLM by
         // its `model_tag` (what vLLM calls it), as long as that is not ambiguous.
@@ -331,7 +424,7 @@ impl Registry {
                 InstanceView {
                     model: &i.model,
                     id: &i.id,
-                    url: &i.url,
+                    url: i.address().url.clone(),
                     score: i.score(&snapshot),
                     snapshot,
                 }
@@ -340,38 +433,63 @@ impl Registry {
     }
 }
 
-fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String> {
+fn build_model(
+    m: &ModelConfig,
+    router: &RouterOptions,
+    hosts: Option<&Path>,
+) -> Result<Model, String> {
     let opts = Arc::new(m.balancer.clone());
-    let all_stats: Arc<[InstanceStats]> = m
-        .instances
-        .iter()
+    let peers = PeerOptions {
+        connect_timeout: router.connect_timeout,
+        pool_idle_timeout: router.pool_idle_timeout,
+    };
+    let slots = m.discover.as_ref().map_or(0, |d| d.max_instances);
+    let all_stats: Arc<[InstanceStats]> = (0..m.instances.len() + slots)
         .map(|_| InstanceStats::default())
         .collect();
+    let instance = |index: usize, id: String, host: &str, port: u16, address: Address| Instance {
+        id_hash: stable_hash(id.as_bytes()),
+        id,
+        index,
+        model: m.name.clone(),
+        host: host.to_string(),
+        port,
+        address: ArcSwap::from_pointee(address),
+        vacant: AtomicBool::new(false),
+        discovered: false,
+        all_stats: all_stats.clone(),
+        opts: opts.clone(),
+        health: Default::default(),
+        adapters: Default::default(),
+    };
     let mut instances = Vec::new();
-    let mut backends = BTreeSet::new();
     for (index, i) in m.instances.iter().enumerate() {
-        let addr = crate::http::client::resolve("instance host", &i.host, i.port)?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(router.connect_timeout);
-        peer.options.total_connection_timeout = Some(router.connect_timeout);
-        peer.options.idle_timeout = Some(router.pool_idle_timeout);
-        let inst = Arc::new(Instance {
-            id: i.id.clone(),
-            index,
-            id_hash: stable_hash(i.id.as_bytes()),
-            model: m.name.clone(),
-            url: i.url(),
-            authority: format!("{}:{}", i.host, i.port),
-            peer,
-            all_stats: all_stats.clone(),
-            opts: opts.clone(),
-            health: Default::default(),
-            adapters: Default::default(),
-        });
-        let mut b = Backend::new(&addr.to_string()).map_err(|e| e.to_string())?;
+        let addr = crate::http::client::resolve_with("instance host", &i.host, i.port, hosts)?;
+        let a = peers.address(addr, format!("{}:{}", i.host, i.port), i.url());
+        instances.push(Arc::new(instance(index, i.id.clone(), &i.host, i.port, a)));
+    }
+    if let Some(d) = &m.discover {
+        for slot in 0..d.max_instances {
+            let index = instances.len();
+            // Vacant until the resolver gives it an address (never connected to before).
+            let placeholder = SocketAddr::from(([0, 0, 0, 0], d.port));
+            let url = format!("http://{}:{} (vacant)", d.dns, d.port);
+            let a = peers.address(placeholder, format!("{}:{}", d.dns, d.port), url);
+            let mut inst = instance(index, format!("{}@dns{slot}", m.name), &d.dns, d.port, a);
+            inst.vacant = AtomicBool::new(true);
+            inst.discovered = true;
+            inst.stats().set_process(Process::Down);
+            instances.push(Arc::new(inst));
+        }
+    }
+    let mut backends = BTreeSet::new();
+    for inst in &instances {
+        // The selection finds each instance through `ext`; the backend's own address
+        // only has to be unique (a discover slot has none yet).
+        let key = SocketAddr::from(([0, 0, 0, 0], 1 + inst.index as u16));
+        let mut b = Backend::new(&key.to_string()).map_err(|e| e.to_string())?;
         b.ext.insert(inst.clone());
         backends.insert(b);
-        instances.push(inst);
     }
     let lb = LoadBalancer::<ScoreSelection>::from_backends_with_config(
         Backends::new(discovery::Static::new(backends)),
@@ -389,6 +507,8 @@ fn build_model(m: &ModelConfig, router: &RouterOptions) -> Result<Model, String>
         aliases: m.aliases.clone(),
         fallback: m.fallback.clone(),
         lora_adapters: m.lora_adapters.clone(),
+        discover: m.discover.clone(),
+        peers,
     })
 }
 

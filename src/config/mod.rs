@@ -284,6 +284,26 @@ pub struct BalancerOptions {
     pub affinity_key: AffinityKey,
     /// Above this score the affine instance is skipped for least-load. Default 200.
     pub affinity_max_score: f64,
+    /// How often instance hostnames and `discover.dns` names are resolved again
+    /// (global). Default 30 s.
+    #[serde(with = "secs", rename = "dns_refresh_s")]
+    pub dns_refresh: Duration,
+    /// A hosts-format file (`ADDRESS NAME...` lines) consulted before the system
+    /// resolver, read again at each resolution (global). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<PathBuf>,
+}
+
+/// `discover:` of a model: one instance per address `dns` resolves to (A and AAAA
+/// records, the system resolver's answer), at `port`; re-resolved every
+/// `balancer.dns_refresh_s`. Addresses that appear are added, those that vanish are
+/// drained (no new requests; those in flight finish).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Discover {
+    pub dns: String,
+    pub port: u16,
+    /// Instances at most (addresses beyond are ignored, with a warning). Default 8.
+    pub max_instances: usize,
 }
 
 impl Default for BalancerOptions {
@@ -298,6 +318,8 @@ impl Default for BalancerOptions {
             cooldown: Duration::from_secs(10),
             cooldown_max: Duration::from_secs(120),
             affinity_key: AffinityKey::Header("x-session-id".into()),
+            dns_refresh: Duration::from_secs(30),
+            hosts_file: None,
             affinity_max_score: 200.0,
         }
     }
@@ -445,6 +467,9 @@ pub struct ModelConfig {
     /// that names one (`lora_adapters`).
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub lora_adapters: IndexMap<String, String>,
+    /// Instances found by DNS (`discover`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discover: Option<Discover>,
 }
 
 /// A secret of the config: shown as `<redacted>` by `check` and in logs.

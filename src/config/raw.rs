@@ -91,7 +91,11 @@ pub struct RawRequestPolicy {
 /// One entry of `LLM_engines`.
 #[derive(Debug, Deserialize)]
 pub struct RawLlmModel {
+    #[serde(default)]
     pub instances: Vec<RawInstance>,
+    /// Instances found by DNS (beside or instead of `instances`).
+    #[serde(default)]
+    pub discover: Option<RawDiscover>,
     pub model_config: RawModelConfig,
     /// The name the engine serves, when it differs from `model_tag`
     /// (e.g. vLLM started with `--served-model-name`).
@@ -323,6 +327,18 @@ pub struct RawBalancer {
     pub cooldown_max_s: Option<f64>,
     pub affinity_key: Option<String>,
     pub affinity_max_score: Option<f64>,
+    pub dns_refresh_s: Option<f64>,
+    pub hosts_file: Option<String>,
+}
+
+/// `discover:` of a model: its instances are the addresses a DNS name resolves to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscover {
+    pub dns: String,
+    pub port: u16,
+    #[serde(default)]
+    pub max_instances: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -112,8 +112,13 @@ fn yaml_syntax_error_has_line_and_column() {
 #[test]
 fn missing_instances_names_the_model() {
     let e = errors("LLM_engines:\n  m:\n    model_config: {model_tag: x}\n");
-    assert!(e[0].contains("LLM_engines.m"), "{}", e[0]);
-    assert!(e[0].contains("missing field `instances`"), "{}", e[0]);
+    // `instances` may be absent with `discover`; without either, the model is refused.
+    assert!(e[0].contains("LLM_engines.m.instances"), "{}", e[0]);
+    assert!(
+        e[0].contains("needs at least one instance (or `discover`)"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
@@ -438,6 +443,30 @@ fn aliases_and_fallbacks_are_checked() {
         "LLM_engines.a.fallback[0]: a model cannot be its own fallback",
         "LLM_engines.a.fallback[1]: `nope` is not a configured model",
         "LLM_engines.b.fallback: fallbacks form a cycle: b -> c -> b",
+    ] {
+        assert!(e.contains(want), "missing `{want}` in:\n{e}");
+    }
+}
+
+#[test]
+fn discover_is_checked_and_dns_keys_are_global() {
+    let ok = "LLM_engines:\n  m:\n    discover: {dns: engines.svc, port: 8000}\n    model_config: {model_tag: org/m}\nbalancer: {dns_refresh_s: 5, hosts_file: hosts}\n";
+    let c = load(ok).unwrap();
+    let d = c.model("m").unwrap().discover.clone().unwrap();
+    assert_eq!(
+        (d.dns.as_str(), d.port, d.max_instances),
+        ("engines.svc", 8000, 8)
+    );
+    assert_eq!(c.balancer.dns_refresh, std::time::Duration::from_secs(5));
+    assert!(c.balancer.hosts_file.unwrap().ends_with("hosts"));
+    let bad = "LLM_engines:\n  m:\n    discover: {dns: '', port: 0, max_instances: 0}\n    model_config: {model_tag: org/m}\n    balancer: {dns_refresh_s: 1}\n  n:\n    model_config: {model_tag: org/n}\n";
+    let e = errors(bad).join("\n");
+    for want in [
+        "LLM_engines.m.discover.dns: must name a host",
+        "LLM_engines.m.discover.port: must be a port number",
+        "LLM_engines.m.discover.max_instances: 0 is not between 1 and 256",
+        "LLM_engines.m.balancer.dns_refresh_s: can only be set in the global",
+        "LLM_engines.n.instances: a model needs at least one instance (or `discover`)",
     ] {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
     }

@@ -249,12 +249,13 @@ fn resolve_llm(
 ) -> ModelConfig {
     let base = format!("LLM_engines.{name}");
     c.unknown_keys(&base, &m.unknown);
-    if m.instances.is_empty() {
+    if m.instances.is_empty() && m.discover.is_none() {
         c.err(
             format!("{base}.instances"),
-            "a model needs at least one instance",
+            "a model needs at least one instance (or `discover`)",
         );
     }
+    let discover = m.discover.map(|d| resolve_discover(c, &base, d));
     if m.model_config.model_tag.trim().is_empty() {
         c.err(
             format!("{base}.model_config.model_tag"),
@@ -291,6 +292,33 @@ fn resolve_llm(
         aliases: m.aliases,
         fallback: m.fallback,
         lora_adapters: m.lora_adapters,
+        discover,
+    }
+}
+
+fn resolve_discover(
+    c: &mut Checker<'_>,
+    base: &str,
+    d: super::raw::RawDiscover,
+) -> super::Discover {
+    let k = format!("{base}.discover");
+    if d.dns.trim().is_empty() {
+        c.err(format!("{k}.dns"), "must name a host");
+    }
+    if d.port == 0 {
+        c.err(format!("{k}.port"), "must be a port number (1-65535)");
+    }
+    let max = d.max_instances.unwrap_or(8);
+    if !(1..=256).contains(&max) {
+        c.err(
+            format!("{k}.max_instances"),
+            format!("{max} is not between 1 and 256"),
+        );
+    }
+    super::Discover {
+        dns: d.dns,
+        port: d.port,
+        max_instances: max,
     }
 }
 
@@ -357,6 +385,8 @@ fn model_balancer(
 ) -> BalancerOptions {
     for (set, k) in [
         (own.poll_interval_s.is_some(), "poll_interval_s"),
+        (own.dns_refresh_s.is_some(), "dns_refresh_s"),
+        (own.hosts_file.is_some(), "hosts_file"),
         (own.scrape_timeout_s.is_some(), "scrape_timeout_s"),
         (
             own.health_check_interval_s.is_some(),
@@ -447,6 +477,16 @@ fn resolve_balancer(
             pick(own.affinity_max_score, parent.affinity_max_score),
             d.affinity_max_score,
         ),
+        dns_refresh: c.secs(
+            &format!("{base}.dns_refresh_s"),
+            pick(own.dns_refresh_s, parent.dns_refresh_s),
+            d.dns_refresh,
+        ),
+        hosts_file: own
+            .hosts_file
+            .as_deref()
+            .or(parent.hosts_file.as_deref())
+            .map(|p| c.path(p)),
     }
 }
 
@@ -822,6 +862,7 @@ fn embed_model(
         aliases: Vec::new(),
         fallback: Vec::new(),
         lora_adapters: Default::default(),
+        discover: None,
         embed: Some(EmbedModelSettings {
             model_path: c.path(&m.model_path).display().to_string(),
             tokenizer_path: m.tokenizer_path.map(|t| c.path(&t).display().to_string()),

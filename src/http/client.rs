@@ -3,6 +3,7 @@
 //! one address resolver of instance and listener hosts.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 
 use bytes::BytesMut;
 use pingora::connectors::http::Connector;
@@ -111,10 +112,57 @@ pub async fn request(
 /// engines listen on `0.0.0.0` or `127.0.0.1`. `what` names the host in the error
 /// (e.g. "instance host", "embedding_server.host").
 pub fn resolve(what: &str, host: &str, port: u16) -> Result<SocketAddr, String> {
-    let addrs: Vec<SocketAddr> = (host, port)
+    resolve_with(what, host, port, None)
+}
+
+/// Every address of `host` (A and AAAA), in the resolver's order: from `hosts_file`
+/// (`balancer.hosts_file`, read now) when it names the host, else the system resolver
+/// (`/etc/hosts` included). Blocking.
+pub fn resolve_all(
+    host: &str,
+    port: u16,
+    hosts_file: Option<&Path>,
+) -> Result<Vec<SocketAddr>, String> {
+    if let Some(f) = hosts_file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let found = hosts_lookup(&text, host, port);
+        if !found.is_empty() {
+            return Ok(found);
+        }
+    }
+    Ok((host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {what} `{host}`: {e}"))?
-        .collect();
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect())
+}
+
+/// The addresses a hosts-format text gives `host` (`ADDRESS NAME [ALIAS...]`, `#`
+/// comments), each once, in file order.
+fn hosts_lookup(text: &str, host: &str, port: u16) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let Some(Ok(ip)) = words.next().map(str::parse::<std::net::IpAddr>) else {
+            continue;
+        };
+        let a = SocketAddr::new(ip, port);
+        if words.any(|w| w.eq_ignore_ascii_case(host)) && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// As [`resolve`], with a hosts file consulted first.
+pub fn resolve_with(
+    what: &str,
+    host: &str,
+    port: u16,
+    hosts_file: Option<&Path>,
+) -> Result<SocketAddr, String> {
+    let addrs = resolve_all(host, port, hosts_file)
+        .map_err(|e| format!("cannot resolve {what} `{host}`: {e}"))?;
     addrs
         .iter()
         .find(|a| a.is_ipv4())
@@ -132,5 +180,26 @@ mod tests {
         assert_eq!(a.port(), 8000);
         let e = super::resolve("instance host", "no-such-host.invalid", 1).unwrap_err();
         assert!(e.contains("instance host `no-such-host.invalid`"), "{e}");
+    }
+
+    #[test]
+    fn a_hosts_file_is_asked_first() {
+        let text = "# engines\n127.0.0.2 engines.test other\n::1 engines.test\n127.0.0.2 engines.test\nbad line\n";
+        let got = super::hosts_lookup(text, "ENGINES.test", 9);
+        assert_eq!(
+            got,
+            ["127.0.0.2:9".parse().unwrap(), "[::1]:9".parse().unwrap()]
+        );
+        assert!(super::hosts_lookup(text, "engines", 9).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("hosts");
+        std::fs::write(&f, text).unwrap();
+        let a = super::resolve_with("x", "other", 80, Some(&f)).unwrap();
+        assert_eq!(a, "127.0.0.2:80".parse().unwrap());
+        // Not in the file: the system resolver.
+        assert!(super::resolve_with("x", "localhost", 80, Some(&f))
+            .unwrap()
+            .ip()
+            .is_loopback());
     }
 }

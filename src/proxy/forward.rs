@@ -206,7 +206,7 @@ impl Forwarder {
                 }
                 // Still stale after the retries: the instance counts as unreachable.
                 Err(AttemptError::Retry(why) | AttemptError::Stale(why)) => {
-                    warn!(model = %model.name, instance = %inst.id, url = %inst.url, reason = %why,
+                    warn!(model = %model.name, instance = %inst.id, url = %inst.address().url, reason = %why,
                         "upstream attempt failed before the engine answered; failing over");
                     inst.record_failure(&why);
                     metrics::FAILOVERS
@@ -296,12 +296,12 @@ impl Forwarder {
         let inst = guard.instance();
         let (mut up, reused) = self
             .connector
-            .get_http_session(&inst.peer)
+            .get_http_session(&guard.address().peer)
             .await
             .map_err(|e| AttemptError::Retry(format!("connect: {e}")))?;
         let mut h = header.clone();
         // `authority` is ASCII host:port from a validated config.
-        let _ = h.insert_header(header::HOST, &inst.authority);
+        let _ = h.insert_header(header::HOST, &guard.address().authority);
         let sent = async {
             up.write_request_header(Box::new(h)).await?;
             // The pieces of the body (the client's bytes around a spliced `model`): shared,
@@ -415,7 +415,7 @@ impl Forwarder {
         }
         count_tokens(&inst.model, &out.usage);
         self.connector
-            .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))
+            .release_http_session(up, &guard.address().peer, Some(self.opts.pool_idle_timeout))
             .await;
         drop(guard);
         debug!(instance = %inst.id, "response relayed");
@@ -451,7 +451,7 @@ impl Forwarder {
         out.settle(true);
         if up.response_done() {
             self.connector
-                .release_http_session(up, &inst.peer, Some(self.opts.pool_idle_timeout))
+                .release_http_session(up, &guard.address().peer, Some(self.opts.pool_idle_timeout))
                 .await;
         }
         drop(guard);

@@ -139,7 +139,7 @@ impl Poller {
             .iter()
             .zip(memory.iter_mut())
             .map(|(t, mem)| {
-                if t.hosted && !listening {
+                if (t.hosted && !listening) || t.inst.is_vacant() {
                     return Due::default();
                 }
                 let starting = t.inst.stats().process() == Process::Starting;
@@ -213,14 +213,8 @@ impl Poller {
             bearer: t.api_key.as_deref(),
             json: None,
         };
-        let inst = &t.inst;
-        let call = client::request(
-            &self.connector,
-            &inst.peer,
-            &inst.authority,
-            req,
-            MAX_MODEL_LIST,
-        );
+        let a = t.inst.address();
+        let call = client::request(&self.connector, &a.peer, &a.authority, req, MAX_MODEL_LIST);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok((200, body))) => adapters_of_model_list(&body),
             _ => None,
@@ -244,7 +238,8 @@ impl Poller {
         path: &str,
         max: usize,
     ) -> Result<(u16, BytesMut), GetError> {
-        let get = || client::get(&self.connector, &inst.peer, &inst.authority, path, max);
+        let a = inst.address();
+        let get = || client::get(&self.connector, &a.peer, &a.authority, path, max);
         match get().await {
             Err(GetError::Io { reused: true, .. }) => get().await,
             r => r,
@@ -305,7 +300,7 @@ fn record_scrape(inst: &Instance, r: Result<EngineLoad, Failure>, mem: &mut Memo
         }
         Err(Failure::Unreachable(e)) => {
             if mem.error.as_deref() != Some(e.as_str()) {
-                warn!(model = %inst.model, instance = %inst.id, url = %inst.url, error = %e, "metrics scrape failed");
+                warn!(model = %inst.model, instance = %inst.id, url = %inst.address().url, error = %e, "metrics scrape failed");
                 mem.error = Some(e.clone());
             }
             mem.unreachable = true;

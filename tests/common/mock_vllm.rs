@@ -101,15 +101,18 @@ impl MockVllm {
 
     /// On a given loopback port (0: the OS picks).
     pub async fn start_on(port: u16, name: &str) -> MockVllm {
+        Self::start_at("127.0.0.1", port, name).await
+    }
+
+    /// On `ip` (a loopback address such as 127.0.0.2) and `port` (0: the OS picks).
+    pub async fn start_at(ip: &str, port: u16, name: &str) -> MockVllm {
         let state = Self::new_state(name);
         let app = Self::inference_routes(state.clone()).merge(
             Router::new()
                 .route("/health", get(health))
                 .with_state(state.clone()),
         );
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(tokio::sync::Notify::new());
         let signal = stop.clone();
