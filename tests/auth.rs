@@ -354,7 +354,7 @@ fn keys_new_prints_the_key_once_then_only_its_hash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_admins_get_route_receipts() {
+async fn only_admins_get_route_receipts_and_manage_adapters() {
     let [ops, team, gone, late] = new_keys();
     let s = start(&keys_yaml(&ops, &team, &gone, &late)).await;
     let c = reqwest::Client::new();
@@ -377,4 +377,15 @@ async fn only_admins_get_route_receipts() {
                 .starts_with("policy=least_load; chosen=m1; candidates=m1:"));
         }
     }
+    let load = json!({"name": "sql", "path": "/adapters/sql"});
+    let path = "/v1/router/models/m/adapters";
+    let (st, _, v) = send(&s.r, "POST", path, Some(&team), Some(load.clone())).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
+    let (st, _, v) = send(&s.r, "POST", path, Some(&ops), Some(load)).await;
+    assert_eq!((st, v["instance"].as_str()), (200, Some("m1")), "{v}");
+    assert_eq!(s.m.state.adapters.lock().unwrap().clone(), ["sql"]);
 }

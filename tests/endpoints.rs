@@ -241,10 +241,20 @@ async fn any_other_v1_post_naming_a_model_is_forwarded() {
     a.set_unserved("/v1/not/served");
     let r = router(&[&a], "").await;
     let body = json!({"model": "m", "input": "say it", "voice": "x"});
-    let resp = send(&r, Method::POST, "/v1/audio/speech", Some(body.clone())).await;
+    let resp = reqwest::Client::new()
+        .post(r.url("/v1/audio/speech"))
+        .header("x-team-trace", "t-1")
+        .bearer_auth("client-secret")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let echo: Value = resp.json().await.unwrap();
     assert_eq!(echo["path"], "/v1/audio/speech");
+    // The client's own headers reach the engine, its credentials do not.
+    assert_eq!(echo["headers"]["x-team-trace"], "t-1");
+    assert!(echo["headers"].get("authorization").is_none(), "{echo}");
     let mut expected = body.clone();
     expected["model"] = json!("org/M");
     let got: Value = serde_json::from_str(echo["body"].as_str().unwrap()).unwrap();
@@ -659,4 +669,54 @@ async fn lora_adapters_are_discovered_routed_and_loaded_once() {
     )
     .await;
     assert_eq!(e["code"], "model_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_admission_queue_sends_the_request_to_the_fallback() {
+    let (p, f) = (MockVllm::start("p").await, MockVllm::start("f").await);
+    p.set_prefill_ms(1500);
+    let r = RouterProc::start(&format!(
+        "LLM_engines:\n  p:\n    instances: [{{id: p1, host: 127.0.0.1, port: {}, managed: false}}]\n    model_config: {{model_tag: org/P}}\n    fallback: [f]\n  f:\n    instances: [{{id: f1, host: 127.0.0.1, port: {}, managed: false}}]\n    model_config: {{model_tag: org/F}}\nadmission:\n  models: {{p: {{max_in_flight: 1}}}}\n  queue: {{max_waiting: 1}}\n",
+        p.port(),
+        f.port()
+    ))
+    .await;
+    let url = r.url("/v1/chat/completions");
+    let slow = |url: String| {
+        tokio::spawn(async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .json(&chat("p"))
+                .send()
+                .await
+                .unwrap();
+            (
+                resp.status().as_u16(),
+                resp.headers()["x-llm-router-model"]
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+    };
+    // One at p's engine, one in its queue: the queue is full.
+    let first = slow(url.clone());
+    wait_for("p busy", Duration::from_secs(5), async || p.requests() == 1).await;
+    let second = slow(url.clone());
+    wait_for("one queued", Duration::from_secs(5), async || {
+        r.get_text("/metrics")
+            .await
+            .lines()
+            .any(|l| l == "llm_router_queue_depth{class=\"standard\",model=\"p\"} 1")
+    })
+    .await;
+    let resp = send(&r, Method::POST, "/v1/chat/completions", Some(chat("p"))).await;
+    assert_eq!(
+        (resp.status().as_u16(), header(&resp, "x-llm-router-model")),
+        (200, "f")
+    );
+    assert_eq!(f.last_json()["model"], "org/F");
+    for done in [first, second] {
+        assert_eq!(done.await.unwrap(), (200, "p".to_string()));
+    }
 }

@@ -289,11 +289,26 @@ async fn admin_listener_and_log_level_from_the_config() {
         .await
         .unwrap();
     assert_eq!(instances["data"][0]["id"], "live", "{instances}");
+    // LoRA adapters are managed here too (and not on the public port).
+    let adapters = "/v1/router/models/m/adapters";
+    let load = serde_json::json!({"name": "sql", "path": "/adapters/sql"});
+    let resp = c.post(url(adapters)).json(&load).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(m.adapters(), ["sql"]);
+    let resp = c
+        .delete(url(&format!("{adapters}/sql")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(m.adapters().is_empty());
     // Introspection is not on the public port any more.
     for p in ["/metrics", "/v1/router/instances"] {
         let resp = c.get(r.url(p)).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{p} on the main port");
     }
+    let resp = c.post(r.url(adapters)).json(&load).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "adapters on the main port");
 
     // log_level: warn: the start-up info lines are not logged, warnings would be.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -3,7 +3,7 @@
 //! It answers `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` in vLLM's
 //! shapes (JSON, or SSE with `"stream": true`), the Responses API and Anthropic's Messages
 //! API (`mock_apis.rs`), any other POST path with an echo of what it received (path,
-//! content type, body) unless it was marked unserved (then FastAPI's 404
+//! content type, headers, body) unless it was marked unserved (then FastAPI's 404
 //! `{"detail": "Not Found"}`, as for any non-POST), `/metrics` in vLLM V1 text format with
 //! settable gauges, and `/health`. Knobs (all live): number of SSE chunks, delay between
 //! chunks, delay before the response header (prefill), a forced status. Counters:
@@ -438,6 +438,10 @@ async fn echo(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let seen: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+        .collect();
     // Any body (a form, too): echoed as text.
     let mut watch = match admit_raw(&s, headers, &body).await {
         Ok(w) => w,
@@ -447,6 +451,7 @@ async fn echo(
     axum::Json(json!({
         "path": uri.path(),
         "content_type": content_type,
+        "headers": seen,
         "body": String::from_utf8_lossy(&body),
     }))
     .into_response()
