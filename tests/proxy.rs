@@ -98,7 +98,10 @@ async fn vllms_other_endpoints_are_routed_by_the_bodys_model() {
             "/v1/rerank",
             json!({"model": "m", "query": "q", "documents": ["a", "b"]}),
         ),
-        ("/rerank", json!({"model": "m", "query": "q", "texts": ["a"]})),
+        (
+            "/rerank",
+            json!({"model": "m", "query": "q", "texts": ["a"]}),
+        ),
     ];
     for (i, (path, body)) in cases.iter().enumerate() {
         let resp = post(&r, path, body.to_string()).await;
